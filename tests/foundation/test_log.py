@@ -1,0 +1,130 @@
+"""Logging outputs: journald native datagrams on a real socket, JSON lines, text."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from vllama import log
+
+
+def parse_entry(data: bytes) -> dict[str, str]:
+    """Decode journald's native format (both the KEY=value and the binary form)."""
+    fields: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        nl = data.index(b"\n", pos)
+        line = data[pos:nl]
+        if b"=" in line:
+            key, value = line.split(b"=", 1)
+            fields[key.decode()] = value.decode()
+            pos = nl + 1
+        else:
+            (size,) = struct.unpack("<Q", data[nl + 1:nl + 9])
+            fields[line.decode()] = data[nl + 9:nl + 9 + size].decode()
+            pos = nl + 9 + size + 1
+    return fields
+
+
+@pytest.fixture
+def journal_socket() -> Iterator[tuple[socket.socket, str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "journal.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(5)
+        try:
+            yield sock, path
+        finally:
+            sock.close()
+
+
+def test_journal_handler_sends_fields(journal_socket: tuple[socket.socket, str]) -> None:
+    sock, path = journal_socket
+    handler = log.JournalHandler(address=path)
+    logger = logging.getLogger("vllama.test.journal")
+    logger.addHandler(handler)
+    logger.propagate = False
+    token = log.request_id.set("req-42")
+    try:
+        logger.warning("engine %s restarted", "tiny",
+                       extra={"component": "supervisor", "model": "tiny", "restarts": 2})
+        entry = parse_entry(sock.recv(65536))
+        assert entry["MESSAGE"] == "engine tiny restarted"
+        assert entry["PRIORITY"] == "4"
+        assert entry["SYSLOG_IDENTIFIER"] == "vllama"
+        assert entry["VLLAMA_COMPONENT"] == "supervisor"
+        assert entry["VLLAMA_MODEL"] == "tiny"
+        assert entry["VLLAMA_RESTARTS"] == "2"
+        assert entry["VLLAMA_REQUEST_ID"] == "req-42"
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed\nbadly", extra={"component": "vllm", "vllm_pid": 7})
+        entry = parse_entry(sock.recv(65536))
+        assert entry["MESSAGE"].startswith("failed\nbadly\nTraceback")
+        assert "ValueError: boom" in entry["MESSAGE"]
+        assert entry["PRIORITY"] == "3"
+        assert entry["SYSLOG_IDENTIFIER"] == "vllm"
+        assert entry["VLLM_PID"] == "7"
+    finally:
+        log.request_id.reset(token)
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_journal_stream_detection(tmp_path: Path) -> None:
+    with (tmp_path / "err").open("w") as stream:
+        st = os.fstat(stream.fileno())
+        assert log.journal_stream_matches(f"{st.st_dev}:{st.st_ino}", stream)
+        assert not log.journal_stream_matches(f"{st.st_dev}:{st.st_ino + 1}", stream)
+        assert not log.journal_stream_matches("", stream)
+        assert not log.journal_stream_matches("garbage", stream)
+        assert log.choose_format("auto", f"{st.st_dev}:{st.st_ino}", stream) == "journal"
+        assert log.choose_format("auto", "1:1", stream) == "text"
+        assert log.choose_format("json", f"{st.st_dev}:{st.st_ino}", stream) == "json"
+
+
+def test_json_lines_carry_extras() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(log.JsonFormatter())
+    logger = logging.getLogger("vllama.test.json")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.info("hello", extra={"model": "m", "status": 200})
+    finally:
+        logger.removeHandler(handler)
+    doc = msgspec.json.decode(stream.getvalue().strip())
+    assert doc["msg"] == "hello"
+    assert doc["level"] == "info"
+    assert doc["model"] == "m"
+    assert doc["status"] == 200
+
+
+def test_text_format_is_one_line() -> None:
+    record = logging.makeLogRecord({"name": "vllama.gateway", "levelno": logging.INFO,
+                                    "levelname": "INFO", "msg": "GET / 200",
+                                    "model": "tiny", "status": 200})
+    line = log.TextFormatter().format(record)
+    assert "INFO" in line and "gateway: GET / 200" in line and "model=tiny" in line
+    assert "\n" not in line
+
+
+def test_priority_mapping() -> None:
+    assert [log.priority(lv) for lv in (10, 20, 30, 40, 50)] == [7, 6, 4, 3, 2]
+
+
+def test_journal_key_sanitized() -> None:
+    assert log.journal_key("latency-ms") == "VLLAMA_LATENCY_MS"

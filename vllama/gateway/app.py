@@ -1,0 +1,34 @@
+"""``make_app``: the gateway's routes, middlewares and lifecycle in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from vllama import __version__
+from vllama.gateway import health, middleware
+from vllama.gateway.keys import METRICS, SERVICES, Services
+from vllama.gateway.metrics import Metrics
+
+
+async def root(request: web.Request) -> web.Response:
+    return web.Response(text="Ollama is running")
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": request.app[SERVICES].config.ollama_version,
+                              "vllama": __version__})
+
+
+def make_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[middleware.edges],
+                          client_max_size=services.config.max_body_bytes,
+                          handler_args={"max_field_size": 65536})
+    app[SERVICES] = services
+    app[METRICS] = Metrics()
+    app.on_response_prepare.append(middleware.on_prepare)
+    app.router.add_get("/", root)  # aiohttp adds HEAD for GET routes
+    app.router.add_get("/api/version", version)
+    health.add_routes(app)
+    for extend in services.extra.get("route_setups", ()):
+        extend(app)
+    return app

@@ -1,0 +1,61 @@
+"""/health (ready or not, with why), /health/live (the loop runs), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from vllama import __version__
+from vllama.gateway.keys import METRICS, SERVICES
+
+_encode = msgspec.json.Encoder().encode
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.Response(body=b'{"status":"alive"}', content_type="application/json")
+
+
+def health_document(request: web.Request) -> tuple[bool, dict[str, Any]]:
+    services = request.app[SERVICES]
+    engines: list[dict[str, Any]] = []
+    ready = True
+    reasons: list[str] = []
+    if services.supervisor is not None:
+        engines = services.supervisor.snapshot()
+        ready = bool(services.supervisor.ready)
+        if not ready:
+            reasons = list(services.supervisor.not_ready_reasons())
+    gpus: Any = {"available": False, "reason": "GPU monitor not started"}
+    if services.gpu is not None:
+        gpus = msgspec.to_builtins(services.gpu.snapshot)
+    doc: dict[str, Any] = {
+        "status": "ok" if ready else "unavailable",
+        "version": __version__,
+        "uptime_s": round(time.time() - services.started, 3),
+        "engines": engines,
+        "gpus": gpus,
+    }
+    if reasons:
+        doc["reasons"] = reasons
+    return ready, doc
+
+
+async def health(request: web.Request) -> web.Response:
+    ready, doc = health_document(request)
+    return web.Response(status=200 if ready else 503, body=_encode(doc),
+                        content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[METRICS].render(),
+                        content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)

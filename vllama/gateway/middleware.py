@@ -1,0 +1,174 @@
+"""Edges of every request: request id, CORS, API key, error mapping, access log.
+
+Errors become responses here and nowhere else: a VllamaError carries its status and Ollama text;
+routes under /v1/ get OpenAI's error envelope instead of Ollama's.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+from vllama import log
+from vllama.errors import VllamaError
+from vllama.gateway.keys import (
+    CORS_OK,
+    FINAL_STATUS,
+    METRICS,
+    MODEL,
+    REQUEST_ID,
+    SERVICES,
+    TOKENS,
+)
+
+logger = logging.getLogger("vllama.gateway")
+access = logging.getLogger("vllama.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+JSON_CT = "application/json; charset=utf-8"
+_RID_OK = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+# Ollama's defaults (gin-contrib/cors with wildcards): local hosts on any port and app schemes.
+DEFAULT_ORIGINS = (
+    "http://localhost", "https://localhost", "http://localhost:*", "https://localhost:*",
+    "http://127.0.0.1", "https://127.0.0.1", "http://127.0.0.1:*", "https://127.0.0.1:*",
+    "http://0.0.0.0", "https://0.0.0.0", "http://0.0.0.0:*", "https://0.0.0.0:*",
+    "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*",
+)
+ALLOWED_HEADERS = (
+    "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, OpenAI-Beta, "
+    "X-Request-Id, x-stainless-arch, x-stainless-async, x-stainless-custom-poll-interval, "
+    "x-stainless-helper-method, x-stainless-lang, x-stainless-os, x-stainless-package-version, "
+    "x-stainless-poll-helper, x-stainless-retry-count, x-stainless-runtime, "
+    "x-stainless-runtime-version, x-stainless-timeout"
+)
+ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+OPEN_PATHS = frozenset({"/health/live"})
+
+_encode = msgspec.json.Encoder().encode
+
+
+def error_body(request: web.Request, status: int, message: str) -> bytes:
+    if request.path.startswith("/v1/"):
+        kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+        return _encode({"error": {"message": message, "type": kind, "param": None,
+                                  "code": None}})
+    return _encode({"error": message})
+
+
+def error_response(request: web.Request, status: int, message: str) -> web.Response:
+    return web.Response(status=status, body=error_body(request, status, message),
+                        content_type="application/json", charset="utf-8")
+
+
+def origin_allowed(origin: str, extra: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(origin, pattern) for pattern in (*DEFAULT_ORIGINS, *extra))
+
+
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers every response carries, streamed ones included (set before the first byte)."""
+    rid = request.get(REQUEST_ID)
+    if rid:
+        response.headers["X-Request-Id"] = rid
+    origin = request.headers.get("Origin")
+    if origin and request.get(CORS_OK):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Expose-Headers"] = "X-Request-Id"
+
+
+@web.middleware
+async def edges(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    incoming = request.headers.get("X-Request-Id", "")
+    rid = incoming if _RID_OK.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = rid
+    token = log.request_id.set(rid)
+    services = request.app[SERVICES]
+    metrics = request.app[METRICS]
+    metrics.in_flight += 1
+    status = 500
+    try:
+        origin = request.headers.get("Origin")
+        if origin:
+            request[CORS_OK] = origin_allowed(origin, services.config.cors_origins)
+        if request.method == "OPTIONS" and origin:
+            return _preflight(request)
+        response = await _mapped(request, handler, services.config.api_key)
+        status = response.status
+        return response
+    finally:
+        metrics.in_flight -= 1
+        elapsed = time.perf_counter() - started
+        status = request.get(FINAL_STATUS, status)
+        route = _route_name(request)
+        model = request.get(MODEL, "")
+        metrics.request_done(route, request.method, status, model, elapsed)
+        prompt, completion = request.get(TOKENS, (0, 0))
+        if prompt or completion:
+            metrics.count_tokens(model, prompt, completion)
+        if route not in ("/health/live", "/health", "/metrics"):
+            access.info(
+                "%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
+                extra={"component": "gateway", "status": status, "model": model,
+                       "latency_ms": round(elapsed * 1000, 1), "prompt_tokens": prompt,
+                       "completion_tokens": completion},
+            )
+        log.request_id.reset(token)
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+def _preflight(request: web.Request) -> web.Response:
+    if not request.get(CORS_OK):
+        return web.Response(status=403)
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Methods": ALLOWED_METHODS,
+        "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+        "Access-Control-Max-Age": "43200",
+    })
+
+
+def _check_key(request: web.Request, key: str) -> None:
+    if not key or request.path in OPEN_PATHS:
+        return
+    header = request.headers.get("Authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(given.encode(), key.encode()):
+        raise VllamaError("unauthorized: send the API key as 'Authorization: Bearer <key>'",
+                          status=401)
+
+
+async def _mapped(request: web.Request, handler: Handler, key: str) -> web.StreamResponse:
+    try:
+        _check_key(request, key)
+        return await handler(request)
+    except VllamaError as exc:
+        return error_response(request, exc.status, exc.message)
+    except web.HTTPNotFound:
+        return web.Response(status=404, text="404 page not found")
+    except web.HTTPMethodNotAllowed:
+        return web.Response(status=405, text="405 method not allowed")
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(request, 413, f"request body too large: {exc.text}")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return error_response(request, exc.status, exc.reason)
+        raise
+    except (ConnectionResetError, TimeoutError):
+        raise
+    except Exception as exc:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(request, 500, f"internal error: {exc}")

@@ -1,0 +1,219 @@
+"""Logging setup: journald's native protocol under systemd, JSON lines, or text for a terminal.
+
+Every record may carry vllama's fields through ``extra=`` (``component``, ``model``,
+``request_id``, ``status``, ``latency_ms``, ``vllm_pid``, ...). Journald gets them as
+``VLLAMA_*`` fields; JSON lines get them as keys; text shows the interesting ones inline.
+The request id lives in a context variable so every line logged while serving a request
+carries it without being passed around.
+"""
+
+from __future__ import annotations
+
+import array
+import contextvars
+import logging
+import os
+import socket
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import msgspec
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+# syslog priorities (journald PRIORITY=)
+_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+def priority(levelno: int) -> int:
+    for level, prio in sorted(_PRIORITY.items(), reverse=True):
+        if levelno >= level:
+            return prio
+    return 7
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The `extra=` fields of a record, plus the current request id."""
+    fields = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+    rid = fields.get("request_id") or request_id.get()
+    if rid:
+        fields["request_id"] = rid
+    return fields
+
+
+def journal_stream_matches(journal_stream: str, stream: TextIO | None = None) -> bool:
+    """True when stderr is the journal stream systemd connected (JOURNAL_STREAM=dev:ino).
+
+    A redirected stderr keeps the variable but not the device/inode, so it stays plain text."""
+    if not journal_stream:
+        return False
+    try:
+        dev, ino = (int(x) for x in journal_stream.split(":", 1))
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return st.st_dev == dev and st.st_ino == ino
+
+
+class TextFormatter(logging.Formatter):
+    """One readable line: time, level, logger, message, then key=value extras."""
+
+    _SHOWN = ("model", "request_id", "status", "latency_ms", "vllm_pid", "state")
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = record_fields(record)
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        name = "vllm" if fields.get("component") == "vllm" else record.name.removeprefix(
+            "vllama.")
+        extras = " ".join(f"{k}={fields[k]}" for k in self._SHOWN if k in fields)
+        line = f"{stamp} {record.levelname:<7} {name}: {record.getMessage()}"
+        if extras:
+            line += f"  [{extras}]"
+        if record.exc_info:
+            line += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (msgspec-encoded)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        doc.update(record_fields(record))
+        if record.exc_info:
+            doc["exc"] = "".join(traceback.format_exception(*record.exc_info))
+        return msgspec.json.encode(doc, enc_hook=str).decode()
+
+
+def encode_journal_entry(fields: Mapping[str, str]) -> bytes:
+    """Serialize fields in journald's native datagram format.
+
+    Values with a newline use the binary form: NAME\\n, a 64-bit little-endian length, the
+    value, \\n (a multi-line traceback stays one entry)."""
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+def journal_key(name: str) -> str:
+    """VLLAMA_<NAME>: uppercase ASCII letters, digits and underscores, no leading underscore."""
+    cleaned = "".join(c if c.isalnum() else "_" for c in name.upper())
+    return "VLLAMA_" + cleaned.strip("_")
+
+
+class JournalHandler(logging.Handler):
+    """Sends each record to journald as one datagram with PRIORITY and VLLAMA_* fields."""
+
+    def __init__(self, identifier: str = "vllama", address: str = JOURNAL_SOCKET) -> None:
+        super().__init__()
+        self.identifier = identifier
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:  # large tracebacks: ask for a bigger send buffer (best effort)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * 1024 * 1024)
+        except OSError:
+            pass
+
+    def entry(self, record: logging.LogRecord) -> dict[str, str]:
+        fields = record_fields(record)
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        component = str(fields.get("component", ""))
+        entry = {
+            "MESSAGE": message,
+            "PRIORITY": str(priority(record.levelno)),
+            "SYSLOG_IDENTIFIER": "vllm" if component == "vllm" else self.identifier,
+            "LOGGER": record.name,
+            "CODE_FILE": record.pathname,
+            "CODE_LINE": str(record.lineno),
+            "CODE_FUNC": record.funcName,
+        }
+        if not component:
+            fields["component"] = record.name.removeprefix("vllama.").split(".")[0]
+        for key, value in fields.items():
+            if key == "vllm_pid":
+                entry["VLLM_PID"] = str(value)
+            entry[journal_key(key)] = str(value)
+        return entry
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = encode_journal_entry(self.entry(record))
+            try:
+                self.sock.sendto(data, self.address)
+            except OSError as exc:
+                if exc.errno != 90:  # EMSGSIZE: fall back to a sealed memfd
+                    raise
+                self._send_memfd(data)
+        except Exception:
+            self.handleError(record)
+
+    def _send_memfd(self, data: bytes) -> None:
+        fd = os.memfd_create("journal-entry", os.MFD_ALLOW_SEALING)
+        try:
+            os.write(fd, data)
+            import fcntl
+
+            seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+            fds = array.array("i", [fd])
+            self.sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], 0, self.address)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
+
+
+def choose_format(log_format: str, journal_stream: str, stream: TextIO | None = None) -> str:
+    if log_format != "auto":
+        return log_format
+    return "journal" if journal_stream_matches(journal_stream, stream) else "text"
+
+
+def setup(level: str = "info", log_format: str = "auto", journal_stream: str = "",
+          *, stream: TextIO | None = None, journal_address: str = JOURNAL_SOCKET) -> str:
+    """Configure the root logger once; returns the format chosen."""
+    chosen = choose_format(log_format, journal_stream, stream)
+    handler: logging.Handler
+    if chosen == "journal":
+        handler = JournalHandler(address=journal_address)
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # aiohttp's own access log duplicates ours.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return chosen
