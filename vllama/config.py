@@ -33,7 +33,10 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     source: str = ""
     upstream: str = ""
     upstream_api_key: str = ""
+    upstream_model: str = ""
     vllm_args: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    fim_template: str = ""
     preload: bool = True
     system: str = ""
     template: str = ""

@@ -25,7 +25,10 @@ async def serve(loaded: Loaded, *, stop: asyncio.Event | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     services = Services(config=cfg)
     app = make_app(services)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    # handler_cancellation: a client that disconnects cancels its handler at once, which
+    # closes the upstream connection so vLLM aborts the sequence (DESIGN: cancellation).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
+                           handler_cancellation=True)
     await runner.setup()
     try:
         site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from vllama import __version__
-from vllama.gateway import health, middleware
+from vllama.gateway import health, middleware, routes_info, routes_ollama, routes_openai
 from vllama.gateway.keys import METRICS, SERVICES, Services
 from vllama.gateway.metrics import Metrics
+from vllama.gateway.targets import router_ctx
 
 
 async def root(request: web.Request) -> web.Response:
@@ -29,6 +30,11 @@ def make_app(services: Services) -> web.Application:
     app.router.add_get("/", root)  # aiohttp adds HEAD for GET routes
     app.router.add_get("/api/version", version)
     health.add_routes(app)
+    routes_info.add_routes(app)
+    routes_ollama.add_routes(app)
+    routes_openai.add_routes(app)
+    lookup = services.supervisor.get if services.supervisor is not None else None
+    app.cleanup_ctx.append(router_ctx(services.config, lookup))
     for extend in services.extra.get("route_setups", ()):
         extend(app)
     return app

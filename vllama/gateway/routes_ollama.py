@@ -1,0 +1,258 @@
+"""Ollama's generate, chat, embed and embeddings, translated onto the upstream's OpenAI API.
+
+Every request streams from the upstream (with usage), so timings can be measured and
+``stream:false`` is an aggregate of the same events. Response headers are held until the
+first line is ready, so an early failure still carries its real status; after that a failure
+becomes a final ``{"error": ...}`` line. A client that goes away cancels the handler (the
+runner is started with handler cancellation), which closes the upstream connection, so vLLM
+aborts the sequence and frees its KV cache at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from vllama.errors import BadRequest, EngineDied, NotFound, VllamaError
+from vllama.gateway.keys import METRICS, MODEL, REQUEST_ID, TOKENS
+from vllama.gateway.targets import ROUTER, Target
+from vllama.translate.decode import decode_chat, decode_embed, decode_embeddings, decode_generate
+from vllama.translate.models import check_model_name
+from vllama.translate.replies import (
+    embed_empty_reply,
+    embed_reply,
+    embeddings_empty_reply,
+    embeddings_reply,
+    vectors_from_openai,
+)
+from vllama.translate.request import (
+    EMBEDDINGS_PATH,
+    chat_action,
+    chat_to_openai,
+    check_chat,
+    check_generate,
+    embed_inputs,
+    embed_to_openai,
+    embeddings_to_openai,
+    generate_action,
+    generate_to_openai,
+)
+from vllama.translate.stream import StreamAccumulator, decode_event, error_line, special_reply
+from vllama.translate.values import rfc3339_utc
+from vllama.upstream import post, sse_data
+from vllama.wire.ollama import Message
+
+logger = logging.getLogger("vllama.gateway")
+
+_encode = msgspec.json.Encoder().encode
+NDJSON = "application/x-ndjson"
+_CONTEXT_MARKERS = ("maximum context length", "longer than the maximum model length",
+                    "context length", "max_model_len")
+PROMPT_TOO_LONG = ("the prompt is longer than the context length currently available to the "
+                   "model; shorten the prompt, adjust the context length in settings, or use "
+                   "a model with a longer context length")
+
+
+def _known(request: web.Request) -> list[str]:
+    return [t.name for t in request.app[ROUTER].targets]
+
+
+async def _resolve(request: web.Request, endpoint: Any, model: str) -> Target:
+    name = check_model_name(endpoint, model, _known(request))
+    target = request.app[ROUTER].resolve(name)
+    if target is None:  # pragma: no cover - check_model_name resolved it from the same list
+        raise NotFound(f"model '{model}' not found")
+    request[MODEL] = target.name
+    return target
+
+
+def _json(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/json",
+                        charset="utf-8")
+
+
+def _apply_defaults_options(options: dict[str, Any] | None,
+                            defaults: dict[str, Any]) -> dict[str, Any] | None:
+    """Configured parameters (Modelfile-style) apply unless the request set them."""
+    if not defaults:
+        return options
+    merged = dict(defaults)
+    merged.update(options or {})
+    return merged
+
+
+def _map_upstream(exc: VllamaError, model: str) -> VllamaError:
+    """vLLM's errors in Ollama's words where Ollama has words for them."""
+    text = exc.message.lower()
+    if exc.status == 404 and "does not exist" in text:
+        return NotFound(f"model '{model}' not found")
+    if exc.status == 400 and any(m in text for m in _CONTEXT_MARKERS):
+        return BadRequest(PROMPT_TOO_LONG)
+    if exc.status == 400 and ("tool" in text and ("auto" in text or "parser" in text)):
+        return BadRequest(f"{model} does not support tools")
+    return exc
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    t0 = time.time_ns()
+    req = decode_generate(await request.read())
+    target = await _resolve(request, "generate", req.model or "")
+    if target.model.system and not req.system and not req.raw:
+        req.system = target.model.system
+    req.options = _apply_defaults_options(req.options, target.model.parameters)
+    action = generate_action(req)
+    if action == "unload":  # Ollama answers an unload before any other check
+        return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
+                                   chat=False))
+    think = check_generate(req, target.caps)
+    if action == "load":
+        target.base_url()  # loading or crashed: 503 with the reason
+        return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
+                                   chat=False))
+    path, body = generate_to_openai(req, target.upstream_model, target.caps)
+    acc = StreamAccumulator(model=req.model or "", chat=False, t0_ns=t0, now_ns=time.time_ns,
+                            think=think, stream=req.stream is not False,
+                            logprobs=bool(req.logprobs))
+    return await _run_stream(request, target, path, body, acc)
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    t0 = time.time_ns()
+    req = decode_chat(await request.read())
+    target = await _resolve(request, "chat", req.model or "")
+    if target.model.system and req.messages and req.messages[0].role != "system":
+        req.messages.insert(0, Message(role="system", content=target.model.system))
+    req.options = _apply_defaults_options(req.options, target.model.parameters)
+    action = chat_action(req)
+    if action == "unload":
+        return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
+                                   chat=True))
+    think = check_chat(req, target.caps)
+    if action == "load":
+        target.base_url()
+        return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
+                                   chat=True))
+    body = chat_to_openai(req, target.upstream_model, target.caps)
+    acc = StreamAccumulator(model=req.model or "", chat=True, t0_ns=t0, now_ns=time.time_ns,
+                            think=think, stream=req.stream is not False,
+                            has_tools=bool(req.tools), logprobs=bool(req.logprobs))
+    return await _run_stream(request, target, "/v1/chat/completions", body, acc)
+
+
+async def _run_stream(request: web.Request, target: Target, path: str, body: dict[str, Any],
+                      acc: StreamAccumulator) -> web.StreamResponse:
+    url = target.server_url() + path
+    headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
+    try:
+        upstream = await post(target.session, url, _encode(body), headers)
+    except VllamaError as exc:
+        raise _map_upstream(exc, request.get(MODEL, "")) from None
+    acc.upstream_sent()
+    metrics = request.app[METRICS]
+    out: web.StreamResponse | None = None
+    try:
+        async for payload in sse_data(upstream):
+            line = acc.feed(decode_event(payload))
+            if line is None:
+                continue
+            if out is None:
+                out = web.StreamResponse(headers={"Content-Type": NDJSON})
+                await out.prepare(request)
+                metrics.first_token(request.path, target.name,
+                                    (time.time_ns() - acc.t0) / 1e9)
+            await out.write(line)
+        final = acc.finish()
+    except (ConnectionResetError, asyncio.CancelledError):
+        upstream.close()  # the client left: drop the upstream connection so vLLM aborts
+        raise
+    except VllamaError as exc:
+        upstream.close()
+        if out is None:
+            raise
+        await _write_error(out, exc.message)
+        return out
+    finally:
+        request[TOKENS] = (acc.prompt_tokens or 0, acc.completion_tokens or 0)
+        upstream.release()
+    if not acc.stream:
+        return _json(final)
+    if out is None:
+        out = web.StreamResponse(headers={"Content-Type": NDJSON})
+        await out.prepare(request)
+    await out.write(final)
+    await out.write_eof()
+    return out
+
+
+async def _write_error(out: web.StreamResponse, message: str) -> None:
+    try:
+        await out.write(error_line(message))
+        await out.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        pass
+
+
+async def _post_json(request: web.Request, target: Target, body: dict[str, Any]) -> bytes:
+    url = target.server_url() + EMBEDDINGS_PATH
+    headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
+    try:
+        upstream = await post(target.session, url, _encode(body), headers)
+    except VllamaError as exc:
+        if exc.status == 404 and "not found" in exc.message.lower():
+            raise BadRequest(f'"{request.get(MODEL, "")}" does not support embeddings') \
+                from None
+        mapped = _map_upstream(exc, request.get(MODEL, ""))
+        if isinstance(mapped, BadRequest) and mapped.message == PROMPT_TOO_LONG:
+            raise BadRequest("the input length exceeds the context length") from None
+        raise mapped from None
+    try:
+        return await upstream.read()
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        raise EngineDied("model runner has unexpectedly stopped while embedding") from None
+    finally:
+        upstream.release()
+
+
+async def embed(request: web.Request) -> web.Response:
+    t0 = time.time_ns()
+    req = decode_embed(await request.read())
+    target = await _resolve(request, "embed", req.model or "")
+    inputs = embed_inputs(req.input)
+    if not inputs:
+        target.base_url()
+        return _json(embed_empty_reply(req.model or ""))
+    body = embed_to_openai(req, target.upstream_model, inputs)
+    t_up = time.time_ns()
+    vectors, prompt_tokens = vectors_from_openai(await _post_json(request, target, body))
+    request[TOKENS] = (prompt_tokens, 0)
+    return _json(embed_reply(req.model or "", vectors, dimensions=req.dimensions,
+                             prompt_eval_count=prompt_tokens,
+                             total_duration=time.time_ns() - t0, load_duration=t_up - t0))
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    req = decode_embeddings(await request.read())
+    target = await _resolve(request, "embeddings", req.model or "")
+    if not req.prompt:
+        target.base_url()
+        return _json(embeddings_empty_reply())
+    body = embeddings_to_openai(req, target.upstream_model)
+    vectors, prompt_tokens = vectors_from_openai(await _post_json(request, target, body))
+    request[TOKENS] = (prompt_tokens, 0)
+    if not vectors:
+        raise EngineDied("upstream returned no embedding")
+    return _json(embeddings_reply(vectors[0]))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/generate", generate)
+    app.router.add_post("/api/chat", chat)
+    app.router.add_post("/api/embed", embed)
+    app.router.add_post("/api/embeddings", embeddings)
+

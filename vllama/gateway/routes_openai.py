@@ -1,0 +1,103 @@
+"""OpenAI ``/v1/*`` pass-through: routed by model to the right upstream, bodies and SSE relayed
+as bytes (not re-encoded). Only the ``model`` field is rewritten, and only when the name a
+client uses differs from the id the upstream knows."""
+
+from __future__ import annotations
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from vllama.errors import BadRequest, NotFound, UpstreamError
+from vllama.gateway.keys import MODEL, REQUEST_ID
+from vllama.gateway.targets import ROUTER, Target
+from vllama.upstream import post
+
+_encode = msgspec.json.Encoder().encode
+
+
+class _ModelOnly(msgspec.Struct):
+    model: str = ""
+
+
+_decode_model = msgspec.json.Decoder(_ModelOnly).decode
+
+# Hop-by-hop and length headers are the gateway's to set, not the upstream's.
+_DROP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
+                   "content-encoding", "server", "date"})
+
+
+def _target(request: web.Request, body: bytes) -> tuple[Target, bytes]:
+    try:
+        requested = _decode_model(body).model if body else ""
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadRequest(f"invalid request body: {exc}") from None
+    if not requested:
+        raise BadRequest("you must provide a model parameter")
+    target = request.app[ROUTER].resolve(requested)
+    if target is None:
+        raise NotFound(f"model '{requested}' not found")
+    request[MODEL] = target.name
+    if requested != target.upstream_model:
+        doc = msgspec.json.decode(body)
+        doc["model"] = target.upstream_model
+        body = _encode(doc)
+    return target, body
+
+
+async def relay(request: web.Request) -> web.StreamResponse:
+    body = await request.read()
+    target, body = _target(request, body)
+    url = target.base_url() + request.path[len("/v1"):]
+    headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
+    upstream = await post(target.session, url, body, headers)
+    try:
+        out = web.StreamResponse(status=upstream.status)
+        for key, value in upstream.headers.items():
+            if key.lower() not in _DROP:
+                out.headers[key] = value
+        await out.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await out.write(chunk)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            # Headers are gone; an SSE client still learns why the stream ended.
+            if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+                msg = _encode({"error": {"message": f"upstream stream broke: {exc}",
+                                         "type": "api_error", "code": 500}})
+                await out.write(b"data: " + msg + b"\n\n")
+            else:
+                raise UpstreamError(f"upstream stream broke: {exc}") from None
+        await out.write_eof()
+        return out
+    finally:
+        upstream.release()
+
+
+def _model_entry(target: Target) -> dict[str, object]:
+    return {"id": target.name, "object": "model", "created": int(target.created),
+            "owned_by": "vllama"}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    data = [_model_entry(t) for t in request.app[ROUTER].targets]
+    return web.Response(body=_encode({"object": "list", "data": data}),
+                        content_type="application/json")
+
+
+async def get_model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    target = request.app[ROUTER].resolve(name)
+    if target is None:
+        raise NotFound(f"model '{name}' not found")
+    return web.Response(body=_encode(_model_entry(target)), content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                 "/v1/responses"):
+        app.router.add_post(path, relay)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)
+
+

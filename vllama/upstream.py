@@ -1,0 +1,134 @@
+"""Talking to upstreams (local vLLM engines and external OpenAI servers).
+
+One ``aiohttp.ClientSession`` + ``TCPConnector`` per upstream, created and closed with the
+app. Every aiohttp failure is mapped here onto ``vllama.errors`` so routes see only those.
+SSE is read line by line straight from the connection; no per-chunk buffering beyond that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from vllama.errors import EngineDied, UpstreamError, VllamaError
+
+logger = logging.getLogger("vllama.upstream")
+
+RUNNER_STOPPED = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations or an "
+    "internal error, check vllama logs for details"
+)
+
+
+def new_session(*, limit: int, keepalive: float, connect_timeout: float,
+                api_key: str = "") -> aiohttp.ClientSession:
+    """The pooled session for one upstream. No total timeout: generations take as long as
+    they take; a dead engine is noticed by the connection closing."""
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit,
+                                     keepalive_timeout=keepalive, enable_cleanup_closed=True)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
+                                    connect=connect_timeout)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers,
+                                 auto_decompress=False, json_serialize=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return msgspec.json.encode(obj).decode()
+
+
+class _ErrorInner(msgspec.Struct):
+    message: str = ""
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _ErrorInner | str | None = None
+    message: str = ""  # older vLLM: {"object": "error", "message": ...}
+    detail: Any = None  # FastAPI: {"detail": "Not Found"}
+
+
+_decode_error = msgspec.json.Decoder(_ErrorBody).decode
+
+
+def error_message(body: bytes) -> str:
+    """The message of a vLLM/OpenAI error body in either shape, else the raw text."""
+    try:
+        parsed = _decode_error(body)
+    except msgspec.DecodeError:
+        return body.decode("utf-8", "replace").strip()[:1000]
+    if isinstance(parsed.error, _ErrorInner) and parsed.error.message:
+        return parsed.error.message
+    if isinstance(parsed.error, str) and parsed.error:
+        return parsed.error
+    if parsed.message:
+        return parsed.message
+    if parsed.detail is not None:
+        return str(parsed.detail)
+    return body.decode("utf-8", "replace").strip()[:1000]
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: bytes,
+               headers: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
+    """POST and return the response once its status is known. Raises VllamaError for a
+    connection failure (502) or an error status (passed through with the upstream's text).
+    The caller owns the returned response and must release it."""
+    try:
+        resp = await session.post(url, data=body, headers=headers)
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamError(f"upstream unreachable: {exc.os_error or exc}") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamError(f"upstream error: {exc or type(exc).__name__}") from None
+    if resp.status >= 400:
+        try:
+            data = await resp.read()
+        except aiohttp.ClientError:
+            data = b""
+        finally:
+            resp.release()
+        raise VllamaError(error_message(data) or resp.reason or "upstream error",
+                          status=resp.status)
+    return resp
+
+
+async def get_json(session: aiohttp.ClientSession, url: str, timeout: float = 5.0) -> Any:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            data = await resp.read()
+            if resp.status >= 400:
+                raise VllamaError(error_message(data), status=resp.status)
+            return msgspec.json.decode(data)
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamError(f"upstream unreachable: {exc.os_error or exc}") from None
+    except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError) as exc:
+        raise UpstreamError(f"upstream error: {exc or type(exc).__name__}") from None
+
+
+async def sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """Yield the payload of each ``data:`` line of an SSE response, stopping at ``[DONE]``.
+
+    A connection that drops mid-stream raises EngineDied (the engine crashed or was killed):
+    the route turns it into a final error line."""
+    content = resp.content
+    try:
+        while True:
+            line = await content.readline()
+            if not line:
+                return
+            if line[:5] != b"data:":
+                continue  # blank separators, comments, event: lines
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return
+            if payload:
+                yield payload
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+            aiohttp.ClientConnectionError, ConnectionResetError) as exc:
+        logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
+        raise EngineDied(RUNNER_STOPPED) from None
+    except asyncio.IncompleteReadError:
+        raise EngineDied(RUNNER_STOPPED) from None
