@@ -82,10 +82,11 @@ def _cli_overrides(args: argparse.Namespace, extra: Sequence[str]) -> config.Cli
 def cmd_serve(args: argparse.Namespace, extra: Sequence[str], out: TextIO) -> int:
     from vllama import daemon, log
 
-    loaded = config.load(_cli_overrides(args, extra))
+    cli = _cli_overrides(args, extra)
+    loaded = config.load(cli)
     log.setup(loaded.config.log_level, loaded.config.log_format, loaded.runtime.journal_stream)
     try:
-        return asyncio.run(daemon.serve(loaded))
+        return asyncio.run(daemon.serve(loaded, cli=cli))
     except KeyboardInterrupt:
         return EXIT_OK
 

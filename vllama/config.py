@@ -12,7 +12,7 @@ import os
 import shlex
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -111,6 +111,9 @@ class Loaded:
     sources: Mapping[str, Source]
     runtime: Runtime
     path: Path | None
+    # A snapshot of the environment, for the engines' children only (they inherit it, minus
+    # what systemd meant for vllama itself); nothing reads settings from it.
+    environ: Mapping[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- the table
@@ -399,7 +402,7 @@ def load(cli: CliOverrides | None = None, environ: Mapping[str, str] | None = No
     except TypeError as exc:  # pragma: no cover - every key is validated above
         raise ConfigError(f"config error: {exc}") from None
     _check_models(config)
-    return Loaded(config=config, sources=sources, runtime=_runtime(env), path=path)
+    return Loaded(config=config, sources=sources, runtime=_runtime(env), path=path, environ=env)
 
 
 def _apply_file(path: Path, values: dict[str, Any], sources: dict[str, Source]) -> None:

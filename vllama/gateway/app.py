@@ -8,7 +8,7 @@ from vllama import __version__
 from vllama.gateway import health, middleware, routes_info, routes_ollama, routes_openai
 from vllama.gateway.keys import METRICS, SERVICES, Services
 from vllama.gateway.metrics import Metrics
-from vllama.gateway.targets import router_ctx
+from vllama.gateway.targets import ROUTER, Router, router_ctx
 
 
 async def root(request: web.Request) -> web.Response:
@@ -34,7 +34,9 @@ def make_app(services: Services) -> web.Application:
     routes_ollama.add_routes(app)
     routes_openai.add_routes(app)
     lookup = services.supervisor.get if services.supervisor is not None else None
-    app.cleanup_ctx.append(router_ctx(services.config, lookup))
+    app[ROUTER] = Router(())
+    app.cleanup_ctx.append(router_ctx(services.config, lookup,
+                                      services.extra.get("engine_key", "")))
     for extend in services.extra.get("route_setups", ()):
         extend(app)
     return app

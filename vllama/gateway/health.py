@@ -24,10 +24,10 @@ def health_document(request: web.Request) -> tuple[bool, dict[str, Any]]:
     ready = True
     reasons: list[str] = []
     if services.supervisor is not None:
-        engines = services.supervisor.snapshot()
+        statuses = services.supervisor.snapshot()
+        engines = [msgspec.to_builtins(s) for s in statuses]
         ready = bool(services.supervisor.ready)
-        if not ready:
-            reasons = list(services.supervisor.not_ready_reasons())
+        reasons = [s.reason for s in statuses if s.reason]
     gpus: Any = {"available": False, "reason": "GPU monitor not started"}
     if services.gpu is not None:
         gpus = msgspec.to_builtins(services.gpu.snapshot)

@@ -119,9 +119,10 @@ async def ps(request: web.Request) -> web.Response:
         if target.model.is_local and (engine is None or not engine.ready):
             continue  # not loaded: /api/ps tells the truth
         size = vram = target.weights_size
-        if engine is not None and engine.pid:
-            vram = _gpu_memory(request, _group_pids(engine.pid))
-            size = vram or group_rss(engine.pid)
+        pid = engine.status().pid if engine is not None else None
+        if pid:
+            vram = _gpu_memory(request, _group_pids(pid))
+            size = vram or group_rss(pid)
         name = tag_name(target.name)
         models.append(ProcessModel(name=name, model=name, size=size, digest=target.digest,
                                    details=_details(target), expires_at=expires,

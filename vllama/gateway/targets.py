@@ -36,8 +36,8 @@ class EngineView(Protocol):
     @property
     def port(self) -> int | None: ...
 
-    @property
-    def pid(self) -> int | None: ...
+    def status(self) -> Any:
+        """An object with at least ``pid`` (the engine's process-group leader)."""
 
     def unavailable_reason(self) -> str: ...
 
@@ -231,11 +231,29 @@ class Router:
     request path, so no lock is needed."""
 
     def __init__(self, targets: Iterable[Target]) -> None:
-        self.targets = list(targets)
-        self._by_name: dict[str, Target] = {}
-        for target in self.targets:
-            self._by_name[target.name] = target
-        self._folded = {k.lower(): v for k, v in self._by_name.items()}
+        self._index(list(targets))
+
+    def _index(self, targets: list[Target]) -> None:
+        # Built aside and swapped in whole: a request sees the old or the new table, never a mix.
+        by_name = {t.name: t for t in targets}
+        folded = {k.lower(): v for k, v in by_name.items()}
+        self.targets, self._by_name, self._folded = targets, by_name, folded
+
+    def replace(self, new: list[Target]) -> list[Target]:
+        """Swap in a new table (config reload). Targets whose model settings did not change
+        are kept with their pooled sessions; returns the dropped targets (close them)."""
+        old = {t.model: t for t in self.targets}
+        kept: list[Target] = []
+        unused: list[Target] = []
+        for target in new:
+            previous = old.pop(target.model, None)
+            if previous is not None:
+                kept.append(previous)
+                unused.append(target)
+            else:
+                kept.append(target)
+        self._index(kept)
+        return [*old.values(), *unused]
 
     def resolve(self, requested: str) -> Target | None:
         """Exact name, then without ``:latest`` (or with it), then case-insensitively."""
@@ -262,13 +280,16 @@ ROUTER = web.AppKey("router", Router)
 EngineLookup = Callable[[str], EngineView | None]
 
 
-def build_targets(cfg: Config, lookup: EngineLookup | None) -> list[Target]:
+def build_targets(cfg: Config, lookup: EngineLookup | None, engine_key: str = ""
+                  ) -> list[Target]:
+    """One target per configured model. ``engine_key`` is the private key the daemon gives
+    its engines (VLLM_API_KEY), so only the gateway can use them."""
     targets = []
     for model in cfg.models:
         directory, hf_config, template = read_model_files(model, cfg.models_dir)
+        key = model.upstream_api_key if model.upstream else engine_key
         session = new_session(limit=cfg.upstream_connections, keepalive=cfg.upstream_keepalive,
-                              connect_timeout=cfg.upstream_connect_timeout,
-                              api_key=model.upstream_api_key)
+                              connect_timeout=cfg.upstream_connect_timeout, api_key=key)
         targets.append(Target(
             model=model, session=session,
             caps=capabilities(model, cfg.vllm_args, hf_config),
@@ -279,12 +300,12 @@ def build_targets(cfg: Config, lookup: EngineLookup | None) -> list[Target]:
     return targets
 
 
-def router_ctx(cfg: Config, lookup: EngineLookup | None) -> Any:
+def router_ctx(cfg: Config, lookup: EngineLookup | None, engine_key: str = "") -> Any:
     """cleanup_ctx: sessions open with the app and close with it."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        router = Router(build_targets(cfg, lookup))
-        app[ROUTER] = router
+        router = app[ROUTER]
+        router.replace(build_targets(cfg, lookup, engine_key))
         try:
             yield
         finally:
