@@ -138,6 +138,15 @@ class Daemon:
             self.notifier.ready("degraded: " + self.status_line())
 
     async def reload(self, cli: config_mod.CliOverrides) -> None:
+        try:
+            await self._reload(cli)
+        except Exception:
+            # A reload must never take the daemon down, nor leave systemd in "reloading".
+            logger.exception("reload failed; keeping the running config",
+                             extra={"component": "daemon"})
+            self.notifier.ready(self.status_line())
+
+    async def _reload(self, cli: config_mod.CliOverrides) -> None:
         self.notifier.reloading()
         try:
             new = config_mod.load(cli, self.loaded.environ)

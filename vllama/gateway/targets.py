@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
+import msgspec
 from aiohttp import web
 
 from vllama.config import Config, ModelConfig
@@ -242,11 +243,11 @@ class Router:
     def replace(self, new: list[Target]) -> list[Target]:
         """Swap in a new table (config reload). Targets whose model settings did not change
         are kept with their pooled sessions; returns the dropped targets (close them)."""
-        old = {t.model: t for t in self.targets}
+        old = {_model_key(t.model): t for t in self.targets}
         kept: list[Target] = []
         unused: list[Target] = []
         for target in new:
-            previous = old.pop(target.model, None)
+            previous = old.pop(_model_key(target.model), None)
             if previous is not None:
                 kept.append(previous)
                 unused.append(target)
@@ -275,6 +276,10 @@ class Router:
 
 
 ROUTER = web.AppKey("router", Router)
+
+
+def _model_key(model: ModelConfig) -> bytes:
+    return msgspec.json.encode(model)
 
 
 EngineLookup = Callable[[str], EngineView | None]

@@ -1,0 +1,223 @@
+"""`vllama serve` as systemd runs it, with the fake vLLM as a real child engine: readiness
+through a real NOTIFY_SOCKET, STATUS lines, reload on SIGHUP, a crash under streaming load
+(no hung client, no orphan), stop leaving nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import msgspec
+import pytest
+
+from tests.conftest import REPO_ROOT, free_port
+
+FAKE = f"{sys.executable} -m tests.fake_vllm"
+
+
+def group_alive(pgid: int) -> list[int]:
+    alive = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == pgid:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
+                            alive.append(int(entry))
+            except (OSError, IndexError):
+                continue
+    return alive
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    port: int
+    notify: socket.socket
+    config: Path
+    log: Path
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def datagrams(self, timeout: float = 0.2) -> list[str]:
+        """Collect what arrives within ``timeout`` (the watchdog never stops talking)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.notify.settimeout(left)
+            try:
+                self.messages.append(self.notify.recv(4096).decode())
+            except (TimeoutError, BlockingIOError):
+                break
+        return self.messages
+
+    def wait_for(self, needle: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            for msg in self.datagrams():
+                if needle in msg:
+                    return msg
+        raise AssertionError(f"no datagram with {needle!r}: {self.messages}\n"
+                             f"{self.log.read_text()[-3000:]}")
+
+
+def write_config(path: Path, *, extra_args: list[str], name: str = "tiny") -> None:
+    args = ", ".join(f'"{a}"' for a in extra_args)
+    path.write_text(
+        f'vllm_command = "{FAKE}"\nrestart_backoff_initial = 0.2\nhealth_poll_interval = 0.2\n'
+        f'stop_timeout = 5\n\n[[models]]\nname = "{name}"\nsource = "/models/{name}"\n'
+        f"vllm_args = [{args}]\n")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    sock_dir = tempfile.mkdtemp(prefix="vllama-notify-")
+    sock_path = os.path.join(sock_dir, "notify")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(sock_path)
+    cfg = tmp_path / "config.toml"
+    write_config(cfg, extra_args=["--fake-startup-delay", "2", "--fake-spawn-child",
+                                  "--fake-tokens", "400", "--fake-token-delay", "0.01"])
+    port = free_port()
+    log = tmp_path / "vllama.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLAMA_", "OLLAMA_"))}
+    env.update(NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="2000000", WATCHDOG_PID="")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vllama", "serve", "--config", str(cfg),
+                                 "--port", str(port), "--log-format", "json"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                                start_new_session=True)
+    served = Served(proc, port, notify, cfg, log)
+    try:
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        notify.close()
+        os.unlink(sock_path)
+        os.rmdir(sock_dir)
+
+
+async def health(url: str) -> tuple[int, dict[str, object]]:
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session, \
+            session.get(url + "/health") as resp:
+        return resp.status, msgspec.json.decode(await resp.read())
+
+
+def test_ready_status_watchdog_reload_stop(served: Served) -> None:
+    status = served.wait_for("STATUS=")
+    assert "loading" in status or "starting" in status
+    code, doc = asyncio.run(health(served.url))
+    assert code == 503 and doc["status"] == "unavailable"  # bound before the model answered
+    ready = served.wait_for("READY=1")
+    assert "ready: tiny" in ready
+    assert any("WATCHDOG=1" in m for m in served.datagrams(1.5))
+    code, doc = asyncio.run(health(served.url))
+    assert code == 200
+    engine = doc["engines"][0]  # type: ignore[index]
+    assert engine["state"] == "ready" and engine["restarts"] == 0
+    first_pid = engine["pid"]
+
+    # SIGHUP with unchanged settings: RELOADING=1 + MONOTONIC_USEC, READY=1, no restart.
+    served.messages.clear()
+    served.proc.send_signal(signal.SIGHUP)
+    reloading = served.wait_for("RELOADING=1")
+    assert "MONOTONIC_USEC=" in reloading
+    served.wait_for("READY=1")
+    code, doc = asyncio.run(health(served.url))
+    assert doc["engines"][0]["pid"] == first_pid  # type: ignore[index]
+
+    # Changed engine args: only that engine restarts.
+    write_config(served.config, extra_args=["--fake-startup-delay", "1", "--fake-spawn-child"])
+    served.messages.clear()
+    served.proc.send_signal(signal.SIGHUP)
+    served.wait_for("RELOADING=1")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        code, doc = asyncio.run(health(served.url))
+        engine = doc["engines"][0]  # type: ignore[index]
+        if code == 200 and engine["pid"] != first_pid:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"engine never restarted after reload: {doc}")
+    assert not group_alive(first_pid), "the old engine's group must be gone"
+
+    # Stop: STOPPING=1, exit 0, nothing of the engine's group survives.
+    pid = engine["pid"]
+    served.messages.clear()
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(timeout=30) == 0
+    assert any("STOPPING=1" in m for m in served.datagrams())
+    assert not group_alive(pid)
+
+
+async def _stream_chat(url: str) -> list[dict[str, object]]:
+    lines: list[dict[str, object]] = []
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "go"}]}
+        async with session.post(url + "/api/chat", json=body) as resp:
+            if resp.status != 200:
+                return [{"status": resp.status, **msgspec.json.decode(await resp.read())}]
+            async for line in resp.content:
+                lines.append(msgspec.json.decode(line))
+    return lines
+
+
+async def _kill_under_load(served: Served, pid: int) -> list[list[dict[str, object]]]:
+    tasks = [asyncio.ensure_future(_stream_chat(served.url)) for _ in range(8)]
+    await asyncio.sleep(1.0)  # streams are flowing
+    os.kill(pid, signal.SIGKILL)  # only the API server: its EngineCore-like child survives
+    done, pending = await asyncio.wait(tasks, timeout=60)
+    assert not pending, f"{len(pending)} clients hung; log:\n{served.log.read_text()[-4000:]}"
+    return [t.result() for t in tasks]
+
+
+def test_kill_9_under_streaming_load(served: Served) -> None:
+    served.wait_for("READY=1")
+    _, doc = asyncio.run(health(served.url))
+    pid = doc["engines"][0]["pid"]  # type: ignore[index]
+    results = asyncio.run(_kill_under_load(served, pid))
+    for lines in results:  # every client got an answer, none hung
+        assert lines, "a client got nothing"
+        last = lines[-1]
+        assert "error" in last, last
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and group_alive(pid):
+        time.sleep(0.2)
+    assert not group_alive(pid), "the dead engine's group (its child) must be killed"
+    # The engine comes back by itself; new requests get 503 with the reason meanwhile.
+    deadline = time.monotonic() + 60
+    saw_503 = False
+    while time.monotonic() < deadline:
+        code, doc = asyncio.run(health(served.url))
+        engine = doc["engines"][0]  # type: ignore[index]
+        saw_503 = saw_503 or code == 503
+        if code == 200 and engine["restarts"] == 1:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"engine did not come back: {doc}")
+    assert engine["last_exit"]["cls"] == "crash"  # type: ignore[index]
+    lines = asyncio.run(_stream_chat(served.url))
+    assert lines[-1]["done"] is True

@@ -1,0 +1,1 @@
+"""Unit tests: pure translation and wire shapes, no I/O."""

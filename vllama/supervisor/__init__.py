@@ -1,0 +1,44 @@
+"""The supervisor: one `vllm serve` child per served model (see engine.py for the decisions)."""
+
+from vllama.supervisor.argv import HardwareInfo, build_argv, build_env, check_extra_args
+from vllama.supervisor.backoff import Backoff, BackoffPolicy
+from vllama.supervisor.classify import Classification, ExitClass, classify_exit
+from vllama.supervisor.engine import Engine, GpuFreed, Listener, Probe
+from vllama.supervisor.hardware import hardware_info, read_mem_available
+from vllama.supervisor.probe import health_probe
+from vllama.supervisor.state import (
+    EngineSettings,
+    EngineSpec,
+    EngineState,
+    EngineStatus,
+    ExitInfo,
+    specs_from_models,
+)
+from vllama.supervisor.supervisor import EngineFactory, Supervisor
+
+__all__ = [
+    "Backoff",
+    "BackoffPolicy",
+    "Classification",
+    "Engine",
+    "EngineFactory",
+    "EngineSettings",
+    "EngineSpec",
+    "EngineState",
+    "EngineStatus",
+    "ExitClass",
+    "ExitInfo",
+    "GpuFreed",
+    "HardwareInfo",
+    "Listener",
+    "Probe",
+    "Supervisor",
+    "build_argv",
+    "build_env",
+    "check_extra_args",
+    "classify_exit",
+    "hardware_info",
+    "health_probe",
+    "read_mem_available",
+    "specs_from_models",
+]
