@@ -51,14 +51,36 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("version", help="print the version")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_version)
-    for extend in _extensions():
+    for module_name, extend in _extensions():
+        before = set(sub.choices)
         extend(sub)
+        if module_name == "vllama.models.commands":
+            added = {id(p): p for n, p in sub.choices.items() if n not in before}
+            for model_parser in added.values():  # aliases (ls) share one parser
+                _adapt_model_command(model_parser)
     return parser
 
 
-def _extensions() -> list[Callable[[Any], None]]:
+def _adapt_model_command(parser: argparse.ArgumentParser) -> None:
+    """The model commands take a context (store, daemon address) built from the config."""
+    if not any("--config" in a.option_strings for a in parser._actions):
+        parser.add_argument("--config", help="config file (for models_dir and the daemon's "
+                            "address)")
+    inner = parser.get_default("func")
+
+    def run(args: argparse.Namespace, extra: Sequence[str], out: TextIO) -> int:
+        from vllama.models.commands import context_from_config
+
+        loaded = config.load(config.CliOverrides(config=args.config))
+        code: int = inner(args, context_from_config(loaded, out))
+        return code
+
+    parser.set_defaults(func=run)
+
+
+def _extensions() -> list[tuple[str, Callable[[Any], None]]]:
     """Subcommands owned by other packages (models, run, bench), registered if present."""
-    found: list[Callable[[Any], None]] = []
+    found: list[tuple[str, Callable[[Any], None]]] = []
     for module_name in ("vllama.models.commands", "vllama.chat", "vllama.bench"):
         try:
             module = __import__(module_name, fromlist=["add_subparsers"])
@@ -66,7 +88,7 @@ def _extensions() -> list[Callable[[Any], None]]:
             if exc.name != module_name:
                 raise
             continue
-        found.append(module.add_subparsers)
+        found.append((module_name, module.add_subparsers))
     return found
 
 

@@ -188,7 +188,7 @@ async def _kill_under_load(served: Served, pid: int) -> list[list[dict[str, obje
     tasks = [asyncio.ensure_future(_stream_chat(served.url)) for _ in range(8)]
     await asyncio.sleep(1.0)  # streams are flowing
     os.kill(pid, signal.SIGKILL)  # only the API server: its EngineCore-like child survives
-    done, pending = await asyncio.wait(tasks, timeout=60)
+    _, pending = await asyncio.wait(tasks, timeout=60)
     assert not pending, f"{len(pending)} clients hung; log:\n{served.log.read_text()[-4000:]}"
     return [t.result() for t in tasks]
 

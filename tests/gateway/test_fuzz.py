@@ -21,6 +21,8 @@ PATHS = ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/sh
          "/api/pull", "/api/delete", "/api/copy", "/api/create", "/api/push",
          "/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 
+CALLS: list[str] = []
+
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=False),
                     st.text(max_size=12), st.sampled_from(["fake", "fake:latest", "FAKE", "json",
                                                            "0s", "5m", "user", "high"]))
@@ -38,6 +40,7 @@ bodies = st.dictionaries(st.sampled_from(FIELDS), values, max_size=6)
 async def test_any_body_gets_a_clear_answer(make_bed: MakeBed, path: str,
                                             body: dict[str, Any], raw: bool) -> None:
     bed = await make_bed()
+    CALLS.append(path)
     try:
         data = msgspec.json.encode(body)
         if raw:
@@ -60,3 +63,7 @@ async def test_any_body_gets_a_clear_answer(make_bed: MakeBed, path: str,
     finally:
         await bed.client.close()
         await bed.upstream.close()
+
+
+def test_fuzz_really_ran() -> None:
+    assert len(CALLS) >= 100, len(CALLS)

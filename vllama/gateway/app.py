@@ -5,7 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from vllama import __version__
-from vllama.gateway import health, middleware, routes_info, routes_ollama, routes_openai
+from vllama.gateway import (
+    health,
+    middleware,
+    routes_info,
+    routes_models,
+    routes_ollama,
+    routes_openai,
+)
 from vllama.gateway.keys import METRICS, SERVICES, Services
 from vllama.gateway.metrics import Metrics
 from vllama.gateway.targets import ROUTER, Router, router_ctx
@@ -33,6 +40,7 @@ def make_app(services: Services) -> web.Application:
     routes_info.add_routes(app)
     routes_ollama.add_routes(app)
     routes_openai.add_routes(app)
+    routes_models.add_routes(app, services.store)
     lookup = services.supervisor.get if services.supervisor is not None else None
     app[ROUTER] = Router(())
     app.cleanup_ctx.append(router_ctx(services.config, lookup,

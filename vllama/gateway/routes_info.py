@@ -12,8 +12,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from vllama.errors import NotFound
 from vllama.gateway.keys import MODEL, SERVICES
 from vllama.gateway.targets import ROUTER, Target
+from vllama.models.routes import local_show, local_tags
 from vllama.translate.decode import decode_show
 from vllama.translate.models import (
     check_model_name,
@@ -25,7 +27,6 @@ from vllama.translate.models import (
 from vllama.translate.values import rfc3339_local
 from vllama.wire.ollama import (
     ListModel,
-    ListResponse,
     ModelDetails,
     ProcessModel,
     ProcessResponse,
@@ -55,15 +56,17 @@ def _list_entry(target: Target) -> ListModel:
 
 
 async def tags(request: web.Request) -> web.Response:
-    entries = [_list_entry(t) for t in request.app[ROUTER].targets]
-    served = {e.name.lower() for e in entries}
+    """Served models first-class, plus every complete model in the local store."""
+    entries: list[dict[str, Any]] = msgspec.to_builtins(
+        [_list_entry(t) for t in request.app[ROUTER].targets])
+    served = {e["name"].lower() for e in entries}
     store = request.app[SERVICES].store
     if store is not None:
-        for item in await store.list_models():
-            if item.name.lower() not in served:
+        for item in await local_tags(store):
+            if item["name"].lower() not in served:
                 entries.append(item)
-    entries.sort(key=lambda e: e.modified_at, reverse=True)
-    return _json(ListResponse(models=entries))
+    entries.sort(key=lambda e: str(e["modified_at"]), reverse=True)
+    return _json({"models": entries})
 
 
 def group_rss(pgid: int) -> int:
@@ -134,14 +137,17 @@ async def show(request: web.Request) -> web.Response:
     req = decode_show(await request.read())
     router = request.app[ROUTER]
     store = request.app[SERVICES].store
-    known = [t.name for t in router.targets]
-    if store is not None:
-        known += [m.name for m in await store.list_models()]
-    name = check_model_name("show", req.model or "", known)
-    target = router.resolve(name)
-    request[MODEL] = name
-    if target is None:  # a local model no engine serves: the store describes it
-        return _json(await store.show(name))
+    name = req.model or ""
+    target = router.resolve(name) if name else None
+    if target is None and name and store is not None:
+        local = await local_show(store, name)
+        if local is not None:  # a pulled model (served or not): the store describes it
+            request[MODEL] = name
+            return _json(local)
+    if target is None:
+        check_model_name("show", name, [t.name for t in router.targets])
+        raise NotFound(f"model '{name}' not found")  # pragma: no cover
+    request[MODEL] = target.name
     params = dict(target.model.parameters)
     if req.options:
         params.update(req.options)

@@ -21,7 +21,9 @@ from aiohttp import web
 
 from vllama.errors import BadRequest, EngineDied, NotFound, VllamaError
 from vllama.gateway.keys import METRICS, MODEL, REQUEST_ID, TOKENS
+from vllama.gateway.routes_models import resolve_via_store
 from vllama.gateway.targets import ROUTER, Target
+from vllama.models.store import Overrides
 from vllama.translate.decode import decode_chat, decode_embed, decode_embeddings, decode_generate
 from vllama.translate.models import check_model_name
 from vllama.translate.replies import (
@@ -63,13 +65,31 @@ def _known(request: web.Request) -> list[str]:
     return [t.name for t in request.app[ROUTER].targets]
 
 
-async def _resolve(request: web.Request, endpoint: Any, model: str) -> Target:
-    name = check_model_name(endpoint, model, _known(request))
-    target = request.app[ROUTER].resolve(name)
-    if target is None:  # pragma: no cover - check_model_name resolved it from the same list
-        raise NotFound(f"model '{model}' not found")
+async def _resolve(request: web.Request, endpoint: Any, model: str
+                   ) -> tuple[Target, Overrides | None]:
+    """The target serving ``model`` (a configured name, or a name the model store knows),
+    with the defaults an alias made by /api/create applies; Ollama's errors otherwise."""
+    target = request.app[ROUTER].resolve(model) if model else None
+    overrides = None
+    if target is None and model:
+        routed = await resolve_via_store(request, model)
+        if routed is not None:
+            target, overrides = routed.target, routed.overrides
+    if target is None:
+        check_model_name(endpoint, model, _known(request))  # raises Ollama's error
+        raise NotFound(f"model '{model}' not found")  # pragma: no cover
     request[MODEL] = target.name
-    return target
+    return target, overrides
+
+
+def _defaults(target: Target, overrides: Overrides | None) -> tuple[str, dict[str, Any]]:
+    """System prompt and parameters: an alias's overrides on top of the configured ones."""
+    system = target.model.system
+    params = dict(target.model.parameters)
+    if overrides is not None:
+        system = overrides.system or system
+        params.update(overrides.parameters)
+    return system, params
 
 
 def _json(body: bytes, status: int = 200) -> web.Response:
@@ -102,10 +122,11 @@ def _map_upstream(exc: VllamaError, model: str) -> VllamaError:
 async def generate(request: web.Request) -> web.StreamResponse:
     t0 = time.time_ns()
     req = decode_generate(await request.read())
-    target = await _resolve(request, "generate", req.model or "")
-    if target.model.system and not req.system and not req.raw:
-        req.system = target.model.system
-    req.options = _apply_defaults_options(req.options, target.model.parameters)
+    target, overrides = await _resolve(request, "generate", req.model or "")
+    system, params = _defaults(target, overrides)
+    if system and not req.system and not req.raw:
+        req.system = system
+    req.options = _apply_defaults_options(req.options, params)
     action = generate_action(req)
     if action == "unload":  # Ollama answers an unload before any other check
         return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
@@ -125,10 +146,11 @@ async def generate(request: web.Request) -> web.StreamResponse:
 async def chat(request: web.Request) -> web.StreamResponse:
     t0 = time.time_ns()
     req = decode_chat(await request.read())
-    target = await _resolve(request, "chat", req.model or "")
-    if target.model.system and req.messages and req.messages[0].role != "system":
-        req.messages.insert(0, Message(role="system", content=target.model.system))
-    req.options = _apply_defaults_options(req.options, target.model.parameters)
+    target, overrides = await _resolve(request, "chat", req.model or "")
+    system, params = _defaults(target, overrides)
+    if system and req.messages and req.messages[0].role != "system":
+        req.messages.insert(0, Message(role="system", content=system))
+    req.options = _apply_defaults_options(req.options, params)
     action = chat_action(req)
     if action == "unload":
         return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
@@ -222,7 +244,7 @@ async def _post_json(request: web.Request, target: Target, body: dict[str, Any])
 async def embed(request: web.Request) -> web.Response:
     t0 = time.time_ns()
     req = decode_embed(await request.read())
-    target = await _resolve(request, "embed", req.model or "")
+    target, _ = await _resolve(request, "embed", req.model or "")
     inputs = embed_inputs(req.input)
     if not inputs:
         target.base_url()
@@ -238,7 +260,7 @@ async def embed(request: web.Request) -> web.Response:
 
 async def embeddings(request: web.Request) -> web.Response:
     req = decode_embeddings(await request.read())
-    target = await _resolve(request, "embeddings", req.model or "")
+    target, _ = await _resolve(request, "embeddings", req.model or "")
     if not req.prompt:
         target.base_url()
         return _json(embeddings_empty_reply())
