@@ -108,11 +108,11 @@ class Daemon:
     async def heartbeat(self) -> None:
         """While any engine loads: progress in STATUS= and the log, and more start time."""
         while True:
-            await asyncio.sleep(HEARTBEAT)
             loading = [s for s in self.supervisor.snapshot()
                        if s.state in (EngineState.STARTING, EngineState.LOADING,
                                       EngineState.BACKOFF)]
             if not loading:
+                await asyncio.sleep(HEARTBEAT)
                 continue
             self.notifier.extend_timeout(EXTEND_USEC)
             self.notifier.status(self.status_line())
@@ -121,6 +121,7 @@ class Daemon:
                 logger.info("loading %s: %s (%.0f s)", status.model, phase,
                             status.load_seconds or 0.0,
                             extra={"component": "supervisor", "model": status.model})
+            await asyncio.sleep(HEARTBEAT)
 
     async def announce_ready(self) -> None:
         ok = await self.supervisor.wait_ready()

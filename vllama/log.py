@@ -163,6 +163,8 @@ class JournalHandler(logging.Handler):
         return entry
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.sock.fileno() < 0:  # closed at shutdown; late records (aiohttp GC) are dropped
+            return
         try:
             data = encode_journal_entry(self.entry(record))
             try:

@@ -218,6 +218,6 @@ def test_kill_9_under_streaming_load(served: Served) -> None:
         time.sleep(0.2)
     else:
         raise AssertionError(f"engine did not come back: {doc}")
-    assert engine["last_exit"]["cls"] == "crash"  # type: ignore[index]
+    assert engine["last_exit"]["cls"] == "crash"
     lines = asyncio.run(_stream_chat(served.url))
     assert lines[-1]["done"] is True
