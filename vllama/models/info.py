@@ -10,18 +10,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import msgspec
+from vllama.wire.ollama import ModelDetails
 
 MAX_HEADER = 100 * 1024 * 1024  # safetensors headers are small; refuse absurd lengths
-
-
-class ModelDetails(msgspec.Struct, kw_only=True):
-    parent_model: str = ""
-    format: str = "safetensors"
-    family: str = ""
-    families: list[str] | None = None
-    parameter_size: str = ""
-    quantization_level: str = ""
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import msgspec
 
 from vllama.errors import BadRequest, NotFound
 from vllama.models import cache, info
-from vllama.models.info import ModelDetails
 from vllama.models.names import (
     InvalidName,
     Resolved,
@@ -31,6 +30,8 @@ from vllama.models.names import (
     validate,
 )
 from vllama.models.state import AliasStore, UserAlias
+from vllama.wire.ollama import ListModel as TagEntry
+from vllama.wire.ollama import ModelDetails
 
 
 def hub_cache_dir(models_dir: str | Path) -> Path:
@@ -41,17 +42,6 @@ def hub_cache_dir(models_dir: str | Path) -> Path:
 def rfc3339(ts: float) -> str:
     """Local time with offset, as Ollama writes modified_at."""
     return datetime.fromtimestamp(ts).astimezone().isoformat()
-
-
-class TagEntry(msgspec.Struct, kw_only=True):
-    """One element of `/api/tags` `models`."""
-
-    name: str
-    model: str
-    modified_at: str
-    size: int
-    digest: str
-    details: ModelDetails
 
 
 class Overrides(msgspec.Struct, kw_only=True, frozen=True):
