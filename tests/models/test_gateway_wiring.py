@@ -10,7 +10,8 @@ import msgspec
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.fake_vllm import FAKE_STATE, FakeScript, make_app as make_fake
+from tests.fake_vllm import FAKE_STATE, FakeScript
+from tests.fake_vllm import make_app as make_fake
 from vllama.config import Config, ModelConfig
 from vllama.gateway.app import make_app
 from vllama.gateway.keys import Services
