@@ -76,13 +76,24 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes,
                headers: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
     """POST and return the response once its status is known. Raises VllamaError for a
     connection failure (502) or an error status (passed through with the upstream's text).
-    The caller owns the returned response and must release it."""
-    try:
-        resp = await session.post(url, data=body, headers=headers)
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(f"upstream unreachable: {exc.os_error or exc}") from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UpstreamError(f"upstream error: {exc or type(exc).__name__}") from None
+    The caller owns the returned response and must release it.
+
+    A pooled keep-alive connection that the server closed just as it was reused fails with
+    "Server disconnected" before any byte of a response: the server never saw the request,
+    so it is sent once more on a fresh connection (retries happen only before the first
+    byte, never mid-stream)."""
+    for attempt in (1, 2):
+        try:
+            resp = await session.post(url, data=body, headers=headers)
+            break
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(f"upstream unreachable: {exc.os_error or exc}") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if attempt == 2:
+                raise UpstreamError(f"upstream error: {exc or type(exc).__name__}") from None
+            logger.debug("upstream closed a pooled connection; retrying once: %s", exc)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(f"upstream error: {exc or type(exc).__name__}") from None
     if resp.status >= 400:
         try:
             data = await resp.read()
@@ -106,6 +117,20 @@ async def get_json(session: aiohttp.ClientSession, url: str, timeout: float = 5.
         raise UpstreamError(f"upstream unreachable: {exc.os_error or exc}") from None
     except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError) as exc:
         raise UpstreamError(f"upstream error: {exc or type(exc).__name__}") from None
+
+
+async def chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body as it arrives, in whatever pieces the network delivers (no per-line work
+    here: the caller parses several SSE events per read). A connection that drops raises
+    EngineDied."""
+    try:
+        async for data in resp.content.iter_any():
+            yield data
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+            aiohttp.ClientConnectionError, ConnectionResetError,
+            asyncio.IncompleteReadError) as exc:
+        logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
+        raise EngineDied(RUNNER_STOPPED) from None
 
 
 async def sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

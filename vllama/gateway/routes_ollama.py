@@ -45,9 +45,9 @@ from vllama.translate.request import (
     generate_action,
     generate_to_openai,
 )
-from vllama.translate.stream import StreamAccumulator, decode_event, error_line, special_reply
+from vllama.translate.stream import SSEDecoder, StreamAccumulator, error_line, special_reply
 from vllama.translate.values import rfc3339_utc
-from vllama.upstream import post, sse_data
+from vllama.upstream import RUNNER_STOPPED, chunks, post
 from vllama.wire.ollama import Message
 
 logger = logging.getLogger("vllama.gateway")
@@ -177,26 +177,42 @@ async def _run_stream(request: web.Request, target: Target, path: str, body: dic
         raise _map_upstream(exc, request.get(MODEL, "")) from None
     acc.upstream_sent()
     metrics = request.app[METRICS]
+    decoder = SSEDecoder()
     out: web.StreamResponse | None = None
+    pending: list[bytes] = []
     try:
-        async for payload in sse_data(upstream):
-            line = acc.feed(decode_event(payload))
-            if line is None:
-                continue
-            if out is None:
-                out = web.StreamResponse(headers={"Content-Type": NDJSON})
-                await out.prepare(request)
-                metrics.first_token(request.path, target.name,
-                                    (time.time_ns() - acc.t0) / 1e9)
-            await out.write(line)
+        # One read may carry several SSE events: translate them all, then write the lines
+        # with one write (a send() per line was the relay's largest cost).
+        async for data in chunks(upstream):
+            for event in decoder.feed(data):
+                line = acc.feed(event)
+                if line is not None:
+                    pending.append(line)
+            if pending:
+                if out is None:
+                    out = web.StreamResponse(headers={"Content-Type": NDJSON})
+                    await out.prepare(request)
+                    metrics.first_token(request.path, target.name,
+                                        (time.time_ns() - acc.t0) / 1e9)
+                await out.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                pending.clear()
+            if decoder.done:
+                break
+        if not decoder.done:  # the connection ended without [DONE]: the engine went away
+            raise EngineDied(RUNNER_STOPPED)
         final = acc.finish()
     except (ConnectionResetError, asyncio.CancelledError):
         upstream.close()  # the client left: drop the upstream connection so vLLM aborts
         raise
     except VllamaError as exc:
         upstream.close()
+        if out is None and pending:  # lines translated before an error event still go out
+            out = web.StreamResponse(headers={"Content-Type": NDJSON})
+            await out.prepare(request)
         if out is None:
             raise
+        if pending:
+            await out.write(b"".join(pending))
         await _write_error(out, exc.message)
         return out
     finally:
