@@ -95,3 +95,12 @@ def _get_when_up(url: str, proc: subprocess.Popen[bytes]) -> bytes:
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"{url} never answered")
+
+
+def test_removed_engine_flag_is_a_config_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[models]]\nname = "m"\nsource = "/models/m"\n'
+                   'vllm_args = ["--disable-log-requests"]\n')
+    proc = run("serve", "--config", str(cfg), "--port", "1")
+    assert proc.returncode == 78
+    assert "--disable-log-requests" in proc.stderr and "Traceback" not in proc.stderr

@@ -105,3 +105,10 @@ async def test_health_without_supervisor_is_ready(make: Callable[..., Awaitable[
     assert resp.status == 200
     doc = await resp.json()
     assert doc["status"] == "ok" and doc["engines"] == []
+
+
+async def test_body_size_limit(make: Callable[..., Awaitable[Client]]) -> None:
+    client = await make(max_body_bytes=2048)
+    resp = await client.post("/api/chat", data=b"{" + b" " * 4096 + b"}")
+    assert resp.status == 413
+    assert "too large" in (await resp.json())["error"]
