@@ -124,7 +124,11 @@ class Daemon:
             await asyncio.sleep(HEARTBEAT)
 
     async def announce_ready(self) -> None:
-        ok = await self.supervisor.wait_ready()
+        """READY=1 once every *preloaded* engine answers; engines of models with
+        preload = false load alongside without holding up start-up."""
+        preloaded = {m.name for m in self.loaded.config.models if m.preload}
+        engines = [e for name, e in self.supervisor.engines.items() if name in preloaded]
+        ok = all(await asyncio.gather(*(e.wait_ready() for e in engines)))
         cfg = self.loaded.config
         where = f"http://{cfg.host}:{cfg.port}"
         if ok:

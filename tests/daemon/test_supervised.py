@@ -104,6 +104,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     try:
         yield served
     finally:
+        proc = served.proc  # a test may have restarted the daemon
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -221,3 +222,27 @@ def test_kill_9_under_streaming_load(served: Served) -> None:
     assert engine["last_exit"]["cls"] == "crash"
     lines = asyncio.run(_stream_chat(served.url))
     assert lines[-1]["done"] is True
+
+
+def test_preload_false_does_not_hold_up_ready(served: Served) -> None:
+    served.proc.send_signal(signal.SIGTERM)
+    served.proc.wait(timeout=30)
+    served.config.write_text(
+        f'vllm_command = "{FAKE}"\nhealth_poll_interval = 0.2\n\n'
+        '[[models]]\nname = "fast"\nsource = "/models/fast"\n'
+        'vllm_args = ["--fake-startup-delay", "0.5"]\n\n'
+        '[[models]]\nname = "slow"\nsource = "/models/slow"\npreload = false\n'
+        'vllm_args = ["--fake-startup-delay", "30"]\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLAMA_", "OLLAMA_"))}
+    env["NOTIFY_SOCKET"] = served.notify.getsockname()
+    served.messages.clear()
+    with served.log.open("ab") as out:
+        served.proc = subprocess.Popen(
+            [sys.executable, "-m", "vllama", "serve", "--config", str(served.config),
+             "--port", str(served.port)], stdout=out, stderr=subprocess.STDOUT, env=env,
+            cwd=REPO_ROOT, start_new_session=True)
+    served.wait_for("READY=1", timeout=20)
+    code, doc = asyncio.run(health(served.url))
+    states = {e["model"]: e["state"] for e in doc["engines"]}  # type: ignore[attr-defined]
+    assert states["fast"] == "ready" and states["slow"] in ("starting", "loading")
+    assert code == 503  # /health still tells the truth: not everything serves yet

@@ -160,7 +160,9 @@ async def show(request: web.Request) -> web.Response:
         license=_license(target),
         modelfile=_modelfile(target, params, req.system or target.model.system),
         parameters=format_parameters(params),
-        template=target.chat_template or "{{ .Prompt }}",
+        # A configured template is what this name shows (as a Modelfile TEMPLATE would); the
+        # engine itself always renders with the model's chat template.
+        template=target.model.template or target.chat_template or "{{ .Prompt }}",
         system=req.system or target.model.system,
         capabilities=target.caps.names(),
     )
