@@ -445,12 +445,17 @@ def section_ttft(run: Run) -> None:
         gw_child, gw = stack.enter_context(
             vllama(run, "vllama-paced", {"synthetic": up + "/v1"}, None))
         meter = CpuMeter({"ollama": gw_child.pid, "openai": gw_child.pid})
+        specs = [("direct", up + "/v1", "openai"), ("ollama", gw, "ollama"),
+                 ("openai", gw + "/v1", "openai")]
+        if has_uvloop():
+            uv_child, uv = stack.enter_context(
+                vllama(run, "vllama-uvloop-paced", {"synthetic": up + "/v1"}, None,
+                       uvloop=True))
+            meter.pids["ollama+uvloop"] = uv_child.pid
+            specs.append(("ollama+uvloop", uv, "ollama"))
         rows: list[LevelResult] = []
         for c in scale.ttft_levels:
-            plan = Plan(targets=targets([("direct", up + "/v1", "openai"),
-                                         ("ollama", gw, "ollama"),
-                                         ("openai", gw + "/v1", "openai")],
-                                        model="synthetic", tokens=scale.ttft_tokens,
+            plan = Plan(targets=targets(specs, model="synthetic", tokens=scale.ttft_tokens,
                                         stream=True),
                         levels=[c], requests=max(8, 2 * c), rounds=scale.ttft_rounds,
                         warmup=8 if c == scale.ttft_levels[0] else 0, timeout=120,
@@ -466,6 +471,10 @@ def section_ttft(run: Run) -> None:
           "| c | direct tok/s | /api/chat ratio (median) | /api/chat added TTFT | "
           "/api/chat added ITL | /api/chat CPU ms/req | /v1 ratio (median) | /v1 added TTFT | "
           "/v1 CPU ms/req | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+    uv_md = ["", "The same /api/chat requests through a second vllama on uvloop, interleaved in "
+             "the same rounds:", "",
+             "| c | /api/chat on uvloop ratio (median) | added TTFT | added ITL | CPU ms/req | "
+             "errors |", "|---|---|---|---|---|---|"]
 
     def added(d: Dist) -> str:
         return f"{fmt(d.p50)} / {fmt(d.p90)} / {fmt(d.p99)}"
@@ -485,6 +494,14 @@ def section_ttft(run: Run) -> None:
             f"{fmt(cv.output_tokens_per_s_ratio, '.3f')}x "
             f"({fmt(median_ratio(r, 'openai', 'direct', 'output_tokens_per_s'), '.3f')}x) | "
             f"{added(cv.ttft_added_ms)} | {cpu_req('openai', v)} | {errors(d, o, v)} |")
+        u = r.stats.get("ollama+uvloop")
+        if u is not None:
+            cu = compare(d, u)
+            mu = median_ratio(r, "ollama+uvloop", "direct", "output_tokens_per_s")
+            uv_md.append(
+                f"| {r.concurrency} | {fmt(cu.output_tokens_per_s_ratio, '.3f')}x "
+                f"({fmt(mu, '.3f')}x) | {added(cu.ttft_added_ms)} | {added(cu.itl_added_ms)} | "
+                f"{cpu_req('ollama+uvloop', u)} | {errors(u)} |")
         if r.concurrency == 32:
             p50, p99 = co.ttft_added_ms.p50, co.ttft_added_ms.p99
             run.check("added TTFT p50 at 32 streams, paced upstream (ms)", p50, "<= 1 ms",
@@ -494,6 +511,8 @@ def section_ttft(run: Run) -> None:
             tr = co.output_tokens_per_s_ratio
             run.check("throughput /api/chat vs direct at 32 streams, paced upstream", tr,
                       ">= 0.98x", None if tr is None else tr >= 0.98)
+    if len(uv_md) > 5:
+        md += uv_md
     run.md += [*md, *error_notes(rows), ""]
 
 
@@ -506,9 +525,15 @@ def section_nostream(run: Run) -> None:
         gw_child, gw = stack.enter_context(
             vllama(run, "vllama-nostream", {"synthetic": up + "/v1"}, GATEWAY_CPU))
         meter = CpuMeter({"ollama": gw_child.pid, "openai": gw_child.pid})
-        plan = Plan(targets=targets([("upstream", up + "/v1", "openai"),
-                                     ("ollama", gw, "ollama"), ("openai", gw + "/v1", "openai")],
-                                    model="synthetic", tokens=64, stream=False),
+        specs = [("upstream", up + "/v1", "openai"), ("ollama", gw, "ollama"),
+                 ("openai", gw + "/v1", "openai")]
+        if has_uvloop():
+            uv_child, uv = stack.enter_context(
+                vllama(run, "vllama-uvloop-nostream", {"synthetic": up + "/v1"}, GATEWAY_CPU,
+                       uvloop=True))
+            meter.pids["ollama+uvloop"] = uv_child.pid
+            specs.append(("ollama+uvloop", uv, "ollama"))
+        plan = Plan(targets=targets(specs, model="synthetic", tokens=64, stream=False),
                     levels=[c], requests=run.scale.nostream_n, rounds=run.scale.rounds,
                     warmup=32, timeout=120, observer=meter)
         [r] = run_plan_sync(plan)
@@ -516,6 +541,16 @@ def section_nostream(run: Run) -> None:
         f"{name}@{level}": used for (name, level), used in meter.seconds.items()}}
     u, o, v = r.stats["upstream"], r.stats["ollama"], r.stats["openai"]
     co, cv = compare(u, o), compare(u, v)
+    uv_rows: list[str] = []
+    w = r.stats.get("ollama+uvloop")
+    if w is not None:
+        cw = compare(u, w)
+        uv_rows.append(
+            f"| vllama /api/chat on uvloop | {w.requests_per_s:.0f} | "
+            f"{fmt(cw.requests_per_s_ratio, '.3f')}x | "
+            f"{fmt(meter.per_cpu_s('ollama+uvloop', w, 'requests'), '.0f')} | "
+            f"{fmt(w.e2e_ms.p50)} | {fmt(w.e2e_ms.p99)} | {fmt(cw.e2e_added_ms.p50)} | "
+            f"{w.errors} |")
     run.md += ["## 4. Non-streaming overhead (synthetic upstream, gateway pinned to one core)",
                "", f"c = {c}, 64-token replies.", "",
                "| target | req/s | ratio to upstream | gateway req per CPU-s | E2E p50 ms | "
@@ -529,7 +564,7 @@ def section_nostream(run: Run) -> None:
                f"| vllama /v1 | {v.requests_per_s:.0f} | {fmt(cv.requests_per_s_ratio, '.3f')}x "
                f"| {fmt(meter.per_cpu_s('openai', v, 'requests'), '.0f')} | {fmt(v.e2e_ms.p50)} "
                f"| {fmt(v.e2e_ms.p99)} | {fmt(cv.e2e_added_ms.p50)} | {v.errors} |",
-               *error_notes([r]), ""]
+               *uv_rows, *error_notes([r]), ""]
 
 
 # --- the run ----------------------------------------------------------------------------------

@@ -74,13 +74,28 @@ class TextFormatter(logging.Formatter):
     """One readable line: time, level, logger, message, then key=value extras."""
 
     _SHOWN = ("model", "request_id", "status", "latency_ms", "vllm_pid", "state")
+    # The time stamp is formatted once per second, not per line (one line per request).
+    _sec = -1
+    _stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = record_fields(record)
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        name = "vllm" if fields.get("component") == "vllm" else record.name.removeprefix(
+        # Only the shown fields are looked up (none is a standard LogRecord attribute, so
+        # this equals picking them from record_fields without building all of it).
+        attrs = vars(record)
+        sec = int(record.created)
+        if sec != self._sec:
+            self._sec, self._stamp = sec, time.strftime("%H:%M:%S", time.localtime(sec))
+        stamp = self._stamp
+        name = "vllm" if attrs.get("component") == "vllm" else record.name.removeprefix(
             "vllama.")
-        extras = " ".join(f"{k}={fields[k]}" for k in self._SHOWN if k in fields)
+        rid = attrs.get("request_id") or request_id.get()
+        shown = []
+        for key in self._SHOWN:
+            if key == "request_id" and rid:
+                shown.append(f"request_id={rid}")
+            elif key in attrs:
+                shown.append(f"{key}={attrs[key]}")
+        extras = " ".join(shown)
         line = f"{stamp} {record.levelname:<7} {name}: {record.getMessage()}"
         if extras:
             line += f"  [{extras}]"

@@ -31,11 +31,19 @@ def new_session(*, limit: int, keepalive: float, connect_timeout: float,
     they take; a dead engine is noticed by the connection closing."""
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit,
                                      keepalive_timeout=keepalive, enable_cleanup_closed=True)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    # Bodies are relayed undecoded, so only identity is acceptable (a compressed reply would
+    # reach clients compressed, without its Content-Encoding). Set here rather than through
+    # skip_auto_headers, which puts aiohttp's request set-up on a slower path.
+    headers = {"Accept-Encoding": "identity"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
                                     connect=connect_timeout)
+    # Per-request cost matters (every request pays it on the one event loop): upstreams set
+    # no cookies worth keeping, so no jar is filtered or updated per request.
     return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers,
-                                 auto_decompress=False, json_serialize=_dumps)
+                                 auto_decompress=False, json_serialize=_dumps,
+                                 cookie_jar=aiohttp.DummyCookieJar())
 
 
 def _dumps(obj: Any) -> str:
@@ -119,18 +127,28 @@ async def get_json(session: aiohttp.ClientSession, url: str, timeout: float = 5.
         raise UpstreamError(f"upstream error: {exc or type(exc).__name__}") from None
 
 
+# What reading a response body raises when the connection drops mid-stream.
+STREAM_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+                 aiohttp.ClientConnectionError, ConnectionResetError,
+                 asyncio.IncompleteReadError)
+
+
+def stream_broke(exc: BaseException) -> EngineDied:
+    """The error for a body read that raised one of STREAM_ERRORS (the engine went away)."""
+    logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
+    return EngineDied(RUNNER_STOPPED)
+
+
 async def chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """The body as it arrives, in whatever pieces the network delivers (no per-line work
     here: the caller parses several SSE events per read). A connection that drops raises
-    EngineDied."""
+    EngineDied. (The relay loop reads with ``content.readany()`` and STREAM_ERRORS itself:
+    an async generator left at ``[DONE]`` costs a task to close it, per request.)"""
     try:
         async for data in resp.content.iter_any():
             yield data
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
-            aiohttp.ClientConnectionError, ConnectionResetError,
-            asyncio.IncompleteReadError) as exc:
-        logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
-        raise EngineDied(RUNNER_STOPPED) from None
+    except STREAM_ERRORS as exc:
+        raise stream_broke(exc) from None
 
 
 async def sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

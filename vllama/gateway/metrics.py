@@ -1,14 +1,21 @@
 """Prometheus text exposition without a client library: a few counters and histograms the
 gateway updates on every request. Updates are plain dict operations on the event loop thread,
-so no lock is needed (and none is taken on the request path)."""
+so no lock is needed (and none is taken on the request path).
+
+The request path stores flat tuples of label *values* (one tuple build, one dict update) and
+one bucket count per observation (found by bisection); label pairs, cumulative bucket counts
+and text are built only at scrape time, which is rare next to requests."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0)
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+ROUTE_MODEL = ("route", "model")
 
 
 def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
@@ -22,60 +29,81 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-class Histogram:
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.series: dict[tuple[tuple[str, str], ...], list[float]] = {}
+def _pairs(names: tuple[str, ...], values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple(zip(names, values, strict=True))
 
-    def observe(self, labels: tuple[tuple[str, str], ...], value: float) -> None:
-        row = self.series.get(labels)
+
+class Histogram:
+    """Series keyed by label values (names fixed per histogram). Each row holds one count per
+    bucket (not cumulative: one increment per observation), then +Inf-only count, sum, count."""
+
+    def __init__(self, buckets: tuple[float, ...], names: tuple[str, ...] = ROUTE_MODEL) -> None:
+        self.buckets = buckets
+        self.names = names
+        self.series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, values: tuple[str, ...], value: float) -> None:
+        row = self.series.get(values)
         if row is None:
-            row = self.series[labels] = [0.0] * (len(self.buckets) + 2)  # buckets, sum, count
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                row[i] += 1
+            # per bucket, over the last bound, sum, count
+            row = self.series[values] = [0.0] * (len(self.buckets) + 3)
+        row[bisect_left(self.buckets, value)] += 1  # first bound >= value (le semantics)
         row[-2] += value
         row[-1] += 1
 
     def lines(self, name: str) -> Iterable[str]:
-        for labels, row in self.series.items():
+        for values, row in self.series.items():
+            labels = _pairs(self.names, values)
+            cumulative = 0.0
             for i, bound in enumerate(self.buckets):
-                yield f"{name}_bucket{_labels((*labels, ('le', f'{bound:g}')))} {row[i]:g}"
+                cumulative += row[i]
+                yield f"{name}_bucket{_labels((*labels, ('le', f'{bound:g}')))} {cumulative:g}"
             yield f"{name}_bucket{_labels((*labels, ('le', '+Inf')))} {row[-1]:g}"
             yield f"{name}_sum{_labels(labels)} {row[-2]:g}"
             yield f"{name}_count{_labels(labels)} {row[-1]:g}"
 
 
+REQUEST_LABELS = ("route", "method", "status", "model")
+TOKEN_LABELS = ("model", "kind")
+
+
 class Metrics:
     def __init__(self) -> None:
-        self.requests: dict[tuple[tuple[str, str], ...], float] = {}
+        self.requests: dict[tuple[str, str, int, str], float] = {}
         self.latency = Histogram(LATENCY_BUCKETS)
         self.ttft = Histogram(TTFT_BUCKETS)
-        self.tokens: dict[tuple[tuple[str, str], ...], float] = {}
+        self.tokens: dict[tuple[str, str], float] = {}
         self.in_flight = 0
         # Gauges owned elsewhere (engines, GPUs) are read at scrape time through collectors.
         self.collectors: list[Callable[[], Iterable[str]]] = []
 
     def request_done(self, route: str, method: str, status: int, model: str,
                      seconds: float) -> None:
-        key = (("route", route), ("method", method), ("status", str(status)), ("model", model))
+        key = (route, method, status, model)
         self.requests[key] = self.requests.get(key, 0) + 1
-        self.latency.observe((("route", route), ("model", model)), seconds)
+        self.latency.observe((route, model), seconds)
 
     def first_token(self, route: str, model: str, seconds: float) -> None:
-        self.ttft.observe((("route", route), ("model", model)), seconds)
+        self.ttft.observe((route, model), seconds)
 
     def count_tokens(self, model: str, prompt: int, completion: int) -> None:
-        for kind, n in (("prompt", prompt), ("completion", completion)):
-            if n:
-                key = (("model", model), ("kind", kind))
-                self.tokens[key] = self.tokens.get(key, 0) + n
+        if prompt:
+            key = (model, "prompt")
+            self.tokens[key] = self.tokens.get(key, 0) + prompt
+        if completion:
+            key = (model, "completion")
+            self.tokens[key] = self.tokens.get(key, 0) + completion
 
     def render(self) -> str:
+        requests = (
+            f"vllama_requests_total{_labels(_pairs(REQUEST_LABELS, (r, m, str(s), mo)))} {v:g}"
+            for (r, m, s, mo), v in self.requests.items())
+        tokens = (f"vllama_tokens_total{_labels(_pairs(TOKEN_LABELS, k))} {v:g}"
+                  for k, v in self.tokens.items())
         out = [
             "# HELP vllama_requests_total Gateway requests by route, method, status and model.",
             "# TYPE vllama_requests_total counter",
-            *(f"vllama_requests_total{_labels(k)} {v:g}" for k, v in self.requests.items()),
+            *requests,
             "# HELP vllama_request_duration_seconds Gateway request latency (to the last byte).",
             "# TYPE vllama_request_duration_seconds histogram",
             *self.latency.lines("vllama_request_duration_seconds"),
@@ -84,7 +112,7 @@ class Metrics:
             *self.ttft.lines("vllama_time_to_first_token_seconds"),
             "# HELP vllama_tokens_total Tokens processed, from upstream usage.",
             "# TYPE vllama_tokens_total counter",
-            *(f"vllama_tokens_total{_labels(k)} {v:g}" for k, v in self.tokens.items()),
+            *tokens,
             "# HELP vllama_requests_in_flight Requests being served now.",
             "# TYPE vllama_requests_in_flight gauge",
             f"vllama_requests_in_flight {self.in_flight}",

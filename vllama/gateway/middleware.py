@@ -9,9 +9,9 @@ from __future__ import annotations
 import fnmatch
 import hmac
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -53,6 +53,8 @@ ALLOWED_HEADERS = (
 )
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 OPEN_PATHS = frozenset({"/health/live"})
+# Probes and scrapes: counted in the metrics, not written to the access log.
+QUIET_ROUTES = frozenset({"/health/live", "/health", "/metrics"})
 
 _encode = msgspec.json.Encoder().encode
 
@@ -90,7 +92,8 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
 async def edges(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id", "")
-    rid = incoming if _RID_OK.match(incoming) else uuid.uuid4().hex
+    # 32 random hex digits, like uuid4().hex without building a UUID (a quarter of the cost)
+    rid = incoming if incoming and _RID_OK.match(incoming) else os.urandom(16).hex()
     request[REQUEST_ID] = rid
     token = log.request_id.set(rid)
     services = request.app[SERVICES]
@@ -116,7 +119,9 @@ async def edges(request: web.Request, handler: Handler) -> web.StreamResponse:
         prompt, completion = request.get(TOKENS, (0, 0))
         if prompt or completion:
             metrics.count_tokens(model, prompt, completion)
-        if route not in ("/health/live", "/health", "/metrics"):
+        # The level is checked first so a filtered access log costs nothing per request
+        # (not even building its fields).
+        if route not in QUIET_ROUTES and access.isEnabledFor(logging.INFO):
             access.info(
                 "%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
                 extra={"component": "gateway", "status": status, "model": model,

@@ -47,7 +47,7 @@ from vllama.translate.request import (
 )
 from vllama.translate.stream import SSEDecoder, StreamAccumulator, error_line, special_reply
 from vllama.translate.values import rfc3339_utc
-from vllama.upstream import RUNNER_STOPPED, chunks, post
+from vllama.upstream import RUNNER_STOPPED, STREAM_ERRORS, post, stream_broke
 from vllama.wire.ollama import Message
 
 logger = logging.getLogger("vllama.gateway")
@@ -138,6 +138,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
                                    chat=False))
     path, body = generate_to_openai(req, target.upstream_model, target.caps)
     acc = StreamAccumulator(model=req.model or "", chat=False, t0_ns=t0, now_ns=time.time_ns,
+                            created_at=target.created_at,
                             think=think, stream=req.stream is not False,
                             logprobs=bool(req.logprobs))
     return await _run_stream(request, target, path, body, acc)
@@ -162,9 +163,22 @@ async def chat(request: web.Request) -> web.StreamResponse:
                                    chat=True))
     body = chat_to_openai(req, target.upstream_model, target.caps)
     acc = StreamAccumulator(model=req.model or "", chat=True, t0_ns=t0, now_ns=time.time_ns,
+                            created_at=target.created_at,
                             think=think, stream=req.stream is not False,
                             has_tools=bool(req.tools), logprobs=bool(req.logprobs))
     return await _run_stream(request, target, "/v1/chat/completions", body, acc)
+
+
+class _NdjsonResponse(web.StreamResponse):
+    """A stream whose headers leave with its first line: one send() instead of two. The
+    relay prepares only once a line is ready, so holding the headers delays nothing.
+    (aiohttp's own ``Response`` buffers its headers through the same class attribute.)"""
+
+    _send_headers_immediately = False
+
+
+def _ndjson() -> web.StreamResponse:
+    return _NdjsonResponse(headers={"Content-Type": NDJSON})
 
 
 async def _run_stream(request: web.Request, target: Target, path: str, body: dict[str, Any],
@@ -176,30 +190,32 @@ async def _run_stream(request: web.Request, target: Target, path: str, body: dic
     except VllamaError as exc:
         raise _map_upstream(exc, request.get(MODEL, "")) from None
     acc.upstream_sent()
-    metrics = request.app[METRICS]
     decoder = SSEDecoder()
     out: web.StreamResponse | None = None
     pending: list[bytes] = []
+    read = upstream.content.readany
     try:
         # One read may carry several SSE events: translate them all, then write the lines
-        # with one write (a send() per line was the relay's largest cost).
-        async for data in chunks(upstream):
+        # with one write (a send() per line was the relay's largest cost). The read that
+        # ends the stream is written together with the final line and the end of the body.
+        while True:
+            try:
+                data = await read()
+            except STREAM_ERRORS as exc:
+                raise stream_broke(exc) from None
+            if not data:  # the connection ended without [DONE]: the engine went away
+                raise EngineDied(RUNNER_STOPPED)
             for event in decoder.feed(data):
                 line = acc.feed(event)
                 if line is not None:
                     pending.append(line)
-            if pending:
-                if out is None:
-                    out = web.StreamResponse(headers={"Content-Type": NDJSON})
-                    await out.prepare(request)
-                    metrics.first_token(request.path, target.name,
-                                        (time.time_ns() - acc.t0) / 1e9)
-                await out.write(pending[0] if len(pending) == 1 else b"".join(pending))
-                pending.clear()
             if decoder.done:
                 break
-        if not decoder.done:  # the connection ended without [DONE]: the engine went away
-            raise EngineDied(RUNNER_STOPPED)
+            if pending:
+                if out is None:
+                    out = await _start(request, target, acc)
+                await out.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                pending.clear()
         final = acc.finish()
     except (ConnectionResetError, asyncio.CancelledError):
         upstream.close()  # the client left: drop the upstream connection so vLLM aborts
@@ -207,7 +223,7 @@ async def _run_stream(request: web.Request, target: Target, path: str, body: dic
     except VllamaError as exc:
         upstream.close()
         if out is None and pending:  # lines translated before an error event still go out
-            out = web.StreamResponse(headers={"Content-Type": NDJSON})
+            out = _ndjson()
             await out.prepare(request)
         if out is None:
             raise
@@ -220,11 +236,22 @@ async def _run_stream(request: web.Request, target: Target, path: str, body: dic
         upstream.release()
     if not acc.stream:
         return _json(final)
-    if out is None:
-        out = web.StreamResponse(headers={"Content-Type": NDJSON})
+    if out is None and pending:
+        out = await _start(request, target, acc)
+    elif out is None:  # no text at all: only the final line
+        out = _ndjson()
         await out.prepare(request)
-    await out.write(final)
-    await out.write_eof()
+    pending.append(final)
+    await out.write_eof(b"".join(pending))
+    return out
+
+
+async def _start(request: web.Request, target: Target, acc: StreamAccumulator
+                 ) -> web.StreamResponse:
+    """Prepare the NDJSON response for its first line and record the time to first token."""
+    out = _ndjson()
+    await out.prepare(request)
+    request.app[METRICS].first_token(request.path, target.name, (time.time_ns() - acc.t0) / 1e9)
     return out
 
 

@@ -23,6 +23,7 @@ from aiohttp import web
 from vllama.config import Config, ModelConfig
 from vllama.errors import Unavailable
 from vllama.translate.request import ModelCaps
+from vllama.translate.values import CreatedAt
 from vllama.upstream import new_session
 
 logger = logging.getLogger("vllama.gateway")
@@ -130,6 +131,9 @@ class Target:
     model_dir: Path | None = None
     lookup: Callable[[str], EngineView | None] | None = None
     created: float = field(default_factory=time.time)
+    # created_at formatter shared by this target's requests: its per-second cache then
+    # survives from one request to the next (a fresh one per request formats every time).
+    created_at: CreatedAt = field(default_factory=CreatedAt, repr=False, compare=False)
 
     @property
     def engine(self) -> EngineView | None:
