@@ -9,7 +9,6 @@ arguments; config.py reads the environment.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 
@@ -124,18 +123,3 @@ async def watchdog_loop(notifier: Notifier, interval: float) -> None:
     while True:
         notifier.watchdog()
         await asyncio.sleep(interval)
-
-
-def journal_stream_matches(journal_stream: str | None, fd: int) -> bool:
-    """True when `fd` is still the stream systemd connected to journald (JOURNAL_STREAM is
-    "<dev>:<ino>"); a redirected stderr must stay plain text."""
-    if not journal_stream:
-        return False
-    dev, sep, ino = journal_stream.partition(":")
-    if not sep:
-        return False
-    try:
-        st = os.fstat(fd)
-        return st.st_dev == int(dev) and st.st_ino == int(ino)
-    except (OSError, ValueError):
-        return False

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vllama.systemd import Notifier, journal_stream_matches, watchdog_interval, watchdog_loop
+from vllama.systemd import Notifier, watchdog_interval, watchdog_loop
 
 
 @pytest.fixture(params=["path", "abstract"])
@@ -107,17 +107,6 @@ def test_watchdog_interval(
     usec: int | str | None, pid: int | str | None, expected: float | None
 ) -> None:
     assert watchdog_interval(usec, pid, 1234) == expected
-
-
-def test_journal_stream_matches(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    path.write_text("")
-    with path.open() as f:
-        st = os.fstat(f.fileno())
-        assert journal_stream_matches(f"{st.st_dev}:{st.st_ino}", f.fileno())
-        assert not journal_stream_matches(f"{st.st_dev}:{st.st_ino + 1}", f.fileno())
-        assert not journal_stream_matches("", f.fileno())
-        assert not journal_stream_matches("junk", f.fileno())
 
 
 def test_notify_never_blocks_when_nobody_reads(tmp_path: Path) -> None:
