@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import msgspec
 
-from vllama.errors import EngineDied, UpstreamError, VllamaError
+from vllama.errors import EngineDied, UpstreamError
+from vllama.translate.models import RUNNER_STOPPED
+from vllama.translate.stream import error_from_upstream
 
 logger = logging.getLogger("vllama.upstream")
 
-RUNNER_STOPPED = (
-    "model runner has unexpectedly stopped, this may be due to resource limitations or an "
-    "internal error, check vllama logs for details"
-)
 
 
 def new_session(*, limit: int, keepalive: float, connect_timeout: float,
@@ -48,36 +46,6 @@ def new_session(*, limit: int, keepalive: float, connect_timeout: float,
 
 def _dumps(obj: Any) -> str:
     return msgspec.json.encode(obj).decode()
-
-
-class _ErrorInner(msgspec.Struct):
-    message: str = ""
-
-
-class _ErrorBody(msgspec.Struct):
-    error: _ErrorInner | str | None = None
-    message: str = ""  # older vLLM: {"object": "error", "message": ...}
-    detail: Any = None  # FastAPI: {"detail": "Not Found"}
-
-
-_decode_error = msgspec.json.Decoder(_ErrorBody).decode
-
-
-def error_message(body: bytes) -> str:
-    """The message of a vLLM/OpenAI error body in either shape, else the raw text."""
-    try:
-        parsed = _decode_error(body)
-    except msgspec.DecodeError:
-        return body.decode("utf-8", "replace").strip()[:1000]
-    if isinstance(parsed.error, _ErrorInner) and parsed.error.message:
-        return parsed.error.message
-    if isinstance(parsed.error, str) and parsed.error:
-        return parsed.error
-    if parsed.message:
-        return parsed.message
-    if parsed.detail is not None:
-        return str(parsed.detail)
-    return body.decode("utf-8", "replace").strip()[:1000]
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: bytes,
@@ -109,22 +77,8 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes,
             data = b""
         finally:
             resp.release()
-        raise VllamaError(error_message(data) or resp.reason or "upstream error",
-                          status=resp.status)
+        raise error_from_upstream(resp.status, data)
     return resp
-
-
-async def get_json(session: aiohttp.ClientSession, url: str, timeout: float = 5.0) -> Any:
-    try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            data = await resp.read()
-            if resp.status >= 400:
-                raise VllamaError(error_message(data), status=resp.status)
-            return msgspec.json.decode(data)
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(f"upstream unreachable: {exc.os_error or exc}") from None
-    except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError) as exc:
-        raise UpstreamError(f"upstream error: {exc or type(exc).__name__}") from None
 
 
 # What reading a response body raises when the connection drops mid-stream.
@@ -137,41 +91,3 @@ def stream_broke(exc: BaseException) -> EngineDied:
     """The error for a body read that raised one of STREAM_ERRORS (the engine went away)."""
     logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
     return EngineDied(RUNNER_STOPPED)
-
-
-async def chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The body as it arrives, in whatever pieces the network delivers (no per-line work
-    here: the caller parses several SSE events per read). A connection that drops raises
-    EngineDied. (The relay loop reads with ``content.readany()`` and STREAM_ERRORS itself:
-    an async generator left at ``[DONE]`` costs a task to close it, per request.)"""
-    try:
-        async for data in resp.content.iter_any():
-            yield data
-    except STREAM_ERRORS as exc:
-        raise stream_broke(exc) from None
-
-
-async def sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """Yield the payload of each ``data:`` line of an SSE response, stopping at ``[DONE]``.
-
-    A connection that drops mid-stream raises EngineDied (the engine crashed or was killed):
-    the route turns it into a final error line."""
-    content = resp.content
-    try:
-        while True:
-            line = await content.readline()
-            if not line:
-                return
-            if line[:5] != b"data:":
-                continue  # blank separators, comments, event: lines
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                return
-            if payload:
-                yield payload
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
-            aiohttp.ClientConnectionError, ConnectionResetError) as exc:
-        logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
-        raise EngineDied(RUNNER_STOPPED) from None
-    except asyncio.IncompleteReadError:
-        raise EngineDied(RUNNER_STOPPED) from None

@@ -129,3 +129,19 @@ async def test_upstream_unreachable_is_502(make_bed: MakeBed) -> None:
         {"role": "user", "content": "x"}]})
     assert resp.status == 502
     assert "unreachable" in (await resp.json())["error"]
+
+
+async def test_context_overflow_in_ollamas_words(make_bed: MakeBed) -> None:
+    bed = await make_bed(FakeScript(served_names=["fake"], max_model_len=8))
+    long_text = " ".join(["word"] * 50)
+    resp = await bed.post("/api/chat", {"model": "fake", "messages": [
+        {"role": "user", "content": long_text}]})
+    assert resp.status == 400
+    assert (await resp.json())["error"].startswith(
+        "the prompt is longer than the context length currently available to the model")
+    pooled = await make_bed(FakeScript(served_names=["fake"], runner="pooling",
+                                       max_model_len=8))
+    resp = await pooled.post("/api/embed", {"model": "fake", "input": long_text,
+                                            "truncate": False})
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "the input length exceeds the context length"

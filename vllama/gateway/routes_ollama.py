@@ -25,7 +25,13 @@ from vllama.gateway.routes_models import resolve_via_store
 from vllama.gateway.targets import ROUTER, Target
 from vllama.models.store import Overrides
 from vllama.translate.decode import decode_chat, decode_embed, decode_embeddings, decode_generate
-from vllama.translate.models import check_model_name
+from vllama.translate.models import (
+    RUNNER_STOPPED,
+    Endpoint,
+    check_model_name,
+    context_overflow,
+    is_context_overflow,
+)
 from vllama.translate.replies import (
     embed_empty_reply,
     embed_reply,
@@ -47,18 +53,13 @@ from vllama.translate.request import (
 )
 from vllama.translate.stream import SSEDecoder, StreamAccumulator, error_line, special_reply
 from vllama.translate.values import rfc3339_utc
-from vllama.upstream import RUNNER_STOPPED, STREAM_ERRORS, post, stream_broke
+from vllama.upstream import STREAM_ERRORS, post, stream_broke
 from vllama.wire.ollama import Message
 
 logger = logging.getLogger("vllama.gateway")
 
 _encode = msgspec.json.Encoder().encode
 NDJSON = "application/x-ndjson"
-_CONTEXT_MARKERS = ("maximum context length", "longer than the maximum model length",
-                    "context length", "max_model_len")
-PROMPT_TOO_LONG = ("the prompt is longer than the context length currently available to the "
-                   "model; shorten the prompt, adjust the context length in settings, or use "
-                   "a model with a longer context length")
 
 
 def _known(request: web.Request) -> list[str]:
@@ -107,13 +108,13 @@ def _apply_defaults_options(options: dict[str, Any] | None,
     return merged
 
 
-def _map_upstream(exc: VllamaError, model: str) -> VllamaError:
+def _map_upstream(exc: VllamaError, model: str, endpoint: Endpoint) -> VllamaError:
     """vLLM's errors in Ollama's words where Ollama has words for them."""
     text = exc.message.lower()
     if exc.status == 404 and "does not exist" in text:
         return NotFound(f"model '{model}' not found")
-    if exc.status == 400 and any(m in text for m in _CONTEXT_MARKERS):
-        return BadRequest(PROMPT_TOO_LONG)
+    if exc.status == 400 and is_context_overflow(text):
+        return context_overflow(endpoint)
     if exc.status == 400 and ("tool" in text and ("auto" in text or "parser" in text)):
         return BadRequest(f"{model} does not support tools")
     return exc
@@ -188,7 +189,8 @@ async def _run_stream(request: web.Request, target: Target, path: str, body: dic
     try:
         upstream = await post(target.session, url, _encode(body), headers)
     except VllamaError as exc:
-        raise _map_upstream(exc, request.get(MODEL, "")) from None
+        raise _map_upstream(exc, request.get(MODEL, ""),
+                            "chat" if acc.chat else "generate") from None
     acc.upstream_sent()
     decoder = SSEDecoder()
     out: web.StreamResponse | None = None
@@ -272,13 +274,10 @@ async def _post_json(request: web.Request, target: Target, body: dict[str, Any])
         if exc.status == 404 and "not found" in exc.message.lower():
             raise BadRequest(f'"{request.get(MODEL, "")}" does not support embeddings') \
                 from None
-        mapped = _map_upstream(exc, request.get(MODEL, ""))
-        if isinstance(mapped, BadRequest) and mapped.message == PROMPT_TOO_LONG:
-            raise BadRequest("the input length exceeds the context length") from None
-        raise mapped from None
+        raise _map_upstream(exc, request.get(MODEL, ""), "embed") from None
     try:
         return await upstream.read()
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+    except STREAM_ERRORS:
         raise EngineDied("model runner has unexpectedly stopped while embedding") from None
     finally:
         upstream.release()

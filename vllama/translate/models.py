@@ -317,9 +317,11 @@ PROMPT_TOO_LONG = (
     "length"
 )
 INPUT_TOO_LONG = "the input length exceeds the context length"
+# Ollama's text, except that it sends readers to vllama's logs, where the engine's last lines
+# and its exit class are.
 RUNNER_STOPPED = (
     "model runner has unexpectedly stopped, this may be due to resource limitations or an "
-    "internal error, check ollama server logs for details"
+    "internal error, check vllama logs for details"
 )
 
 _CONTEXT_MARKERS = (
