@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -117,6 +118,13 @@ def served(tmp_path: Path) -> Iterator[Served]:
         os.rmdir(sock_dir)
 
 
+async def get_json(url: str) -> Any:
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+        assert resp.status == 200
+        return msgspec.json.decode(await resp.read())
+
+
 async def health(url: str) -> tuple[int, dict[str, object]]:
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as session, \
@@ -137,6 +145,11 @@ def test_ready_status_watchdog_reload_stop(served: Served) -> None:
     engine = doc["engines"][0]  # type: ignore[index]
     assert engine["state"] == "ready" and engine["restarts"] == 0
     first_pid = engine["pid"]
+    ps = asyncio.run(get_json(served.url + "/api/ps"))
+    [running] = ps["models"]
+    # No GPU here: the engine's group lives in RAM, so size is its resident memory.
+    assert running["name"] == "tiny:latest" and running["size"] > 0
+    assert running["size_vram"] == 0
 
     # SIGHUP with unchanged settings: RELOADING=1 + MONOTONIC_USEC, READY=1, no restart.
     served.messages.clear()

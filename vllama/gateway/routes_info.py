@@ -16,6 +16,7 @@ from vllama.errors import NotFound
 from vllama.gateway.keys import MODEL, SERVICES
 from vllama.gateway.targets import ROUTER, Target
 from vllama.models.routes import local_show, local_tags
+from vllama.supervisor.procs import group_members
 from vllama.translate.decode import decode_show
 from vllama.translate.models import (
     check_model_name,
@@ -69,22 +70,16 @@ async def tags(request: web.Request) -> web.Response:
     return _json({"models": entries})
 
 
-def group_rss(pgid: int) -> int:
-    """Resident memory of every process in an engine's process group (the CPU engine's
-    "size" for /api/ps: weights and KV cache live in RAM there)."""
-    total = 0
+def rss(pids: Iterable[int]) -> int:
+    """Resident memory of these processes (the CPU engine's "size" for /api/ps: weights and
+    KV cache live in RAM there)."""
     page = os.sysconf("SC_PAGE_SIZE")
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    total = 0
+    for pid in pids:
         try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-            if int(fields[2]) != pgid:
-                continue
-            with open(f"/proc/{entry.name}/statm", "rb") as fh:
+            with open(f"/proc/{pid}/statm", "rb") as fh:
                 total += int(fh.read().split()[1]) * page
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError, IndexError):  # exited while we looked
             continue
     return total
 
@@ -102,18 +97,6 @@ def _gpu_memory(request: web.Request, pids: Iterable[int]) -> int:
     return used
 
 
-def _group_pids(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
 async def ps(request: web.Request) -> web.Response:
     models = []
     expires = rfc3339_local(time.time_ns() + _FOREVER_NS)
@@ -123,9 +106,10 @@ async def ps(request: web.Request) -> web.Response:
             continue  # not loaded: /api/ps tells the truth
         size = vram = target.weights_size
         pid = engine.status().pid if engine is not None else None
-        if pid:
-            vram = _gpu_memory(request, _group_pids(pid))
-            size = vram or group_rss(pid)
+        if pid:  # the engine's process group, read once: GPU memory, else resident memory
+            members = group_members(pid)
+            vram = _gpu_memory(request, members)
+            size = vram or rss(members)
         name = tag_name(target.name)
         models.append(ProcessModel(name=name, model=name, size=size, digest=target.digest,
                                    details=_details(target), expires_at=expires,
