@@ -29,11 +29,7 @@ def base_url(host_arg: str | None, loaded: config.Loaded) -> str:
     if host_arg:
         host, parsed_port = config.parse_host(host_arg)
         port = parsed_port or port
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return config.client_url(host, port)
 
 
 async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any],

@@ -294,6 +294,16 @@ def parse_host(value: str) -> tuple[str, int | None]:
     return host, port
 
 
+def client_url(host: str, port: int) -> str:
+    """Where a client on this machine reaches a daemon bound to ``host``: a wildcard bind
+    is reached on loopback, and an IPv6 address needs brackets."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 # ----------------------------------------------------------------------------- loading
 
 

@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -32,7 +31,7 @@ from vllama.gateway.keys import METRICS, Services
 from vllama.gateway.metrics import gauge
 from vllama.gateway.targets import ROUTER, build_targets
 from vllama.gpu import GpuMonitor, import_nvml
-from vllama.models.store import ModelStore, hub_cache_dir
+from vllama.models.store import store_from_config
 from vllama.supervisor import (
     BackoffPolicy,
     Engine,
@@ -226,10 +225,7 @@ async def serve(loaded: Loaded, *, cli: config_mod.CliOverrides | None = None,
                       cwd=cwd, gpu_freed=gpu_freed)
 
     supervisor = Supervisor(factory, engine_settings(cfg))
-    store = ModelStore(hub_cache_dir(cfg.models_dir), Path(cfg.state_dir),
-                       token=loaded.runtime.hf_token or None,
-                       endpoint=loaded.runtime.hf_endpoint or None,
-                       config_aliases=dict(cfg.aliases))
+    store = store_from_config(cfg, loaded.runtime)
     services = Services(config=cfg, supervisor=supervisor, gpu=gpu, store=store,
                         extra={"engine_key": engine_key})
     app = make_app(services)

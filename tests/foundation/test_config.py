@@ -176,3 +176,12 @@ def test_example_parses_and_every_setting_documented() -> None:
 def test_docs_configuration_table_is_generated() -> None:
     doc = (REPO_ROOT / "docs" / "configuration.md").read_text()
     assert config.markdown_table() in doc, "run: vllama config --markdown and update the doc"
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [("0.0.0.0", "http://127.0.0.1:11434"), ("::", "http://127.0.0.1:11434"),
+     ("::1", "http://[::1]:11434"), ("10.1.2.3", "http://10.1.2.3:11434")],
+)
+def test_client_url_reaches_the_bind(host: str, url: str) -> None:
+    assert config.client_url(host, 11434) == url

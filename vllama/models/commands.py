@@ -19,14 +19,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import IO, Any
 
 import msgspec
 
+from vllama.config import client_url
 from vllama.errors import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, VllamaError
 from vllama.models.names import InvalidName
-from vllama.models.store import ModelStore, hub_cache_dir
+from vllama.models.store import ModelStore, store_from_config
 
 
 @dataclass
@@ -48,16 +48,12 @@ class CliContext:
 def context_from_config(loaded: Any, out: IO[str] | None = None,
                         err: IO[str] | None = None) -> CliContext:
     """A CliContext from `vllama.config.load(...)`'s result (config + runtime)."""
-    cfg, runtime = loaded.config, loaded.runtime
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
-    host = f"[{host}]" if ":" in host else host
+    cfg = loaded.config
 
     def factory() -> ModelStore:
-        return ModelStore(hub_cache_dir(cfg.models_dir), Path(cfg.state_dir),
-                          token=runtime.hf_token or None, endpoint=runtime.hf_endpoint or None,
-                          config_aliases=dict(cfg.aliases))
+        return store_from_config(cfg, loaded.runtime)
 
-    return CliContext(store_factory=factory, base_url=f"http://{host}:{cfg.port}",
+    return CliContext(store_factory=factory, base_url=client_url(cfg.host, cfg.port),
                       api_key=cfg.api_key, out=out or sys.stdout, err=err or sys.stderr)
 
 

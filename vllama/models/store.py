@@ -323,4 +323,13 @@ def show_body(model: LocalModel, overrides: Overrides | None) -> dict[str, Any]:
     return body
 
 
-__all__ = ["LocalModel", "ModelStore", "Overrides", "TagEntry", "hub_cache_dir", "show_body"]
+def store_from_config(config: Any, runtime: Any) -> ModelStore:
+    """The store over a loaded Config's cache and state dirs (the daemon's and the CLI's):
+    the HF token and endpoint come from the runtime, the config's aliases first."""
+    return ModelStore(hub_cache_dir(config.models_dir), Path(config.state_dir),
+                      token=runtime.hf_token or None, endpoint=runtime.hf_endpoint or None,
+                      config_aliases=dict(config.aliases))
+
+
+__all__ = ["LocalModel", "ModelStore", "Overrides", "TagEntry", "hub_cache_dir", "show_body",
+           "store_from_config"]
