@@ -21,12 +21,6 @@ from vllama.models.store import ModelStore, Overrides
 NDJSON = "application/x-ndjson"
 
 
-class _PullBody(msgspec.Struct):
-    model: str = ""
-    name: str = ""
-    stream: bool | None = None
-
-
 @dataclass(frozen=True)
 class Routed:
     target: Target
@@ -70,10 +64,11 @@ async def pull(request: web.Request) -> web.StreamResponse:
     """A served model needs no download; anything else is pulled into the HF cache."""
     body = await request.read()
     try:
-        req = msgspec.json.decode(body, type=_PullBody) if body.strip() else _PullBody()
+        req = (msgspec.json.decode(body, type=store_routes.PullRequest) if body.strip()
+               else store_routes.PullRequest())
     except (msgspec.DecodeError, msgspec.ValidationError):
-        req = _PullBody()
-    name = req.model or req.name
+        req = store_routes.PullRequest()  # the store's handler reports what is wrong
+    name = req.target()
     if name and request.app[ROUTER].resolve(name) is not None:
         if req.stream is False:
             return web.json_response({"status": "success"})
