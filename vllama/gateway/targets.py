@@ -22,6 +22,7 @@ from aiohttp import web
 
 from vllama.config import Config, ModelConfig
 from vllama.errors import Unavailable
+from vllama.supervisor.argv import flag_name
 from vllama.translate.request import ModelCaps
 from vllama.translate.values import CreatedAt
 from vllama.upstream import new_session
@@ -49,16 +50,21 @@ CAPABILITIES = ("completion", "embedding", "tools", "thinking", "vision", "inser
 
 def _has_flag(args: Iterable[str], *flags: str) -> str | None:
     """The value of the last of ``flags`` in an argv (``--f v`` or ``--f=v``), '' for a bare
-    flag, None when absent."""
+    flag, None when absent or switched off (``--no-f``). Spellings are normalized the way
+    the supervisor reads them (``supervisor.argv.flag_name``: underscores count as dashes),
+    so what the engine runs with and what the gateway advertises agree."""
     found: str | None = None
     items = list(args)
     for i, arg in enumerate(items):
-        for flag in flags:
-            if arg == flag:
-                nxt = items[i + 1] if i + 1 < len(items) else ""
-                found = "" if nxt.startswith("--") else nxt
-            elif arg.startswith(flag + "="):
-                found = arg.split("=", 1)[1]
+        if flag_name(arg) not in flags:
+            continue
+        if arg.split("=", 1)[0].replace("_", "-").startswith("--no-"):
+            found = None
+        elif "=" in arg:
+            found = arg.split("=", 1)[1]
+        else:
+            nxt = items[i + 1] if i + 1 < len(items) else ""
+            found = "" if nxt.startswith("--") else nxt
     return found
 
 
