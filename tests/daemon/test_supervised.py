@@ -22,22 +22,9 @@ import msgspec
 import pytest
 
 from tests.conftest import REPO_ROOT, free_port
+from tests.e2e.engine import group_members
 
 FAKE = f"{sys.executable} -m tests.fake_vllm"
-
-
-def group_alive(pgid: int) -> list[int]:
-    alive = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getpgid(int(entry)) == pgid:
-                    with open(f"/proc/{entry}/stat") as fh:
-                        if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
-                            alive.append(int(entry))
-            except (OSError, IndexError):
-                continue
-    return alive
 
 
 @dataclass
@@ -174,7 +161,7 @@ def test_ready_status_watchdog_reload_stop(served: Served) -> None:
         time.sleep(0.2)
     else:
         raise AssertionError(f"engine never restarted after reload: {doc}")
-    assert not group_alive(first_pid), "the old engine's group must be gone"
+    assert not group_members(first_pid), "the old engine's group must be gone"
 
     # Stop: STOPPING=1, exit 0, nothing of the engine's group survives.
     pid = engine["pid"]
@@ -182,7 +169,7 @@ def test_ready_status_watchdog_reload_stop(served: Served) -> None:
     served.proc.send_signal(signal.SIGTERM)
     assert served.proc.wait(timeout=30) == 0
     assert any("STOPPING=1" in m for m in served.datagrams())
-    assert not group_alive(pid)
+    assert not group_members(pid)
 
 
 async def _stream_chat(url: str) -> list[dict[str, object]]:
@@ -217,9 +204,9 @@ def test_kill_9_under_streaming_load(served: Served) -> None:
         last = lines[-1]
         assert "error" in last, last
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and group_alive(pid):
+    while time.monotonic() < deadline and group_members(pid):
         time.sleep(0.2)
-    assert not group_alive(pid), "the dead engine's group (its child) must be killed"
+    assert not group_members(pid), "the dead engine's group (its child) must be killed"
     # The engine comes back by itself; new requests get 503 with the reason meanwhile.
     deadline = time.monotonic() + 60
     saw_503 = False
