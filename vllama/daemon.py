@@ -1,10 +1,20 @@
-"""The composition root: ordered start-up and shut-down, signals, systemd.
+"""The composition root: ordered start-up, the main loop, ordered shut-down. Only `cli` imports
+this module.
 
-Start-up: read the GPUs, bind the gateway (so /health answers 503 with the reason while models
-load), start the engines, heartbeat systemd (STATUS=, EXTEND_TIMEOUT_USEC) while they load, and
-send READY=1 once every preloaded engine answers. SIGHUP re-reads the config and restarts only
-the engines whose settings changed. SIGTERM/SIGINT: STOPPING=1, engines stopped (group kill,
-verified), gateway closed. Only ``cli`` imports this module.
+Start-up (`_start`), each resource entered into one AsyncExitStack so shut-down is start-up in
+reverse and a failure at any step releases what the earlier steps took:
+  0. the signal handlers, first, so an early SIGHUP or SIGTERM is never fatal;
+  1. the engine specs (a bad engine flag is a config error, exit 78, before anything starts);
+  2. the GPU monitor (the tuned defaults need its first snapshot) and the readiness probe's
+     client session;
+  3. the gateway app and its runner; then listening, so /health answers 503 with the reason
+     while models load;
+  4. the engines, and the background tasks: load heartbeats (STATUS=, EXTEND_TIMEOUT_USEC),
+     READY=1 once every preloaded engine answers, the watchdog, and the reloader.
+Main loop: wait for SIGINT/SIGTERM (or `stop`); SIGHUP queues one reload (re-read the config,
+restart only the engines whose settings changed). Shut-down: STOPPING=1, background tasks
+cancelled, engines stopped (group kill, verified), gateway closed, GPU monitor and sessions
+closed.
 """
 
 from __future__ import annotations
@@ -17,8 +27,9 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -31,7 +42,8 @@ from vllama.gateway.keys import METRICS, Services
 from vllama.gateway.metrics import gauge
 from vllama.gateway.targets import ROUTER, build_targets
 from vllama.gpu import GpuMonitor, import_nvml
-from vllama.models.store import store_from_config
+from vllama.models import facts
+from vllama.models.store import ModelStore
 from vllama.supervisor import (
     BackoffPolicy,
     Engine,
@@ -43,7 +55,6 @@ from vllama.supervisor import (
     hardware_info,
     health_probe,
     read_mem_available,
-    specs_from_models,
 )
 from vllama.systemd import Notifier, watchdog_interval, watchdog_loop
 
@@ -51,6 +62,7 @@ logger = logging.getLogger("vllama.daemon")
 
 HEARTBEAT = 5.0  # seconds between load-progress STATUS= lines and EXTEND_TIMEOUT_USEC
 EXTEND_USEC = int(3 * HEARTBEAT * 1_000_000)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def engine_settings(cfg: Config) -> EngineSettings:
@@ -66,26 +78,63 @@ def engine_settings(cfg: Config) -> EngineSettings:
 
 
 def engine_specs(cfg: Config, engine_key: str) -> list[EngineSpec]:
-    """The engines to run; a removed or misspelt engine flag is a config error (exit 78)
-    before anything starts."""
-    specs = specs_from_models(cfg.models, tuple(cfg.vllm_argv), cfg.vllm_args, engine_key)
-    for spec in specs:
+    """The engines to run (one per configured local model); a removed or misspelt engine flag
+    is a config error (exit 78) before anything starts."""
+    specs = []
+    for model in cfg.models:
+        if not model.is_local:
+            continue
+        spec = EngineSpec(name=model.name, source=model.source,
+                          vllm_command=tuple(cfg.vllm_argv),
+                          vllm_args=facts.engine_args(model, cfg.vllm_args), api_key=engine_key)
         try:
             check_extra_args(spec.vllm_args)
         except ConfigError as exc:
             raise ConfigError(f"config error: model {spec.name!r}: {exc.message}") from None
+        specs.append(spec)
     return specs
+
+
+class Tasks:
+    """The daemon's background tasks: every one kept, and cancelled and awaited at shut-down
+    (a task nobody keeps can be collected mid-flight, or outlive the loop)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 @dataclass
 class Daemon:
+    """The running daemon: what start-up built, and the behaviour of its main loop."""
+
     loaded: Loaded
+    cli: config_mod.CliOverrides
     notifier: Notifier
     supervisor: Supervisor
     services: Services
     app: web.Application
-    engine_key: str
-    started: float
+    tasks: Tasks
+    started: float  # monotonic
+    reload_wanted: asyncio.Event  # set by SIGHUP
+
+    @property
+    def where(self) -> str:
+        cfg = self.loaded.config
+        return f"http://{cfg.host}:{cfg.port}"
 
     def status_line(self) -> str:
         return self.supervisor.status_text()
@@ -110,16 +159,14 @@ class Daemon:
             loading = [s for s in self.supervisor.snapshot()
                        if s.state in (EngineState.STARTING, EngineState.LOADING,
                                       EngineState.BACKOFF)]
-            if not loading:
-                await asyncio.sleep(HEARTBEAT)
-                continue
-            self.notifier.extend_timeout(EXTEND_USEC)
-            self.notifier.status(self.status_line())
-            for status in loading:
-                phase = status.phase or str(status.state)
-                logger.info("loading %s: %s (%.0f s)", status.model, phase,
-                            status.load_seconds or 0.0,
-                            extra={"component": "supervisor", "model": status.model})
+            if loading:
+                self.notifier.extend_timeout(EXTEND_USEC)
+                self.notifier.status(self.status_line())
+                for status in loading:
+                    phase = status.phase or str(status.state)
+                    logger.info("loading %s: %s (%.0f s)", status.model, phase,
+                                status.load_seconds or 0.0,
+                                extra={"component": "supervisor", "model": status.model})
             await asyncio.sleep(HEARTBEAT)
 
     async def announce_ready(self) -> None:
@@ -128,60 +175,64 @@ class Daemon:
         preloaded = {m.name for m in self.loaded.config.models if m.preload}
         engines = [e for name, e in self.supervisor.engines.items() if name in preloaded]
         ok = all(await asyncio.gather(*(e.wait_ready() for e in engines)))
-        cfg = self.loaded.config
-        where = f"http://{cfg.host}:{cfg.port}"
         if ok:
             names = ", ".join(s.model for s in self.supervisor.snapshot()) or "no local models"
-            logger.info("ready: %s on %s (%.0f s)", names, where, time.monotonic() - self.started,
-                        extra={"component": "daemon"})
+            logger.info("ready: %s on %s (%.0f s)", names, self.where,
+                        time.monotonic() - self.started, extra={"component": "daemon"})
             self.notifier.ready(self.status_line())
         else:
             # A model that cannot load is reported, not waited for forever: the unit becomes
             # active, /health answers 503 with the reason, and the log says what to do.
             logger.error("not every model could start; %s. The gateway stays up on %s and "
-                         "/health says why", self.status_line(), where,
+                         "/health says why", self.status_line(), self.where,
                          extra={"component": "daemon"})
             self.notifier.ready("degraded: " + self.status_line())
 
-    async def reload(self, cli: config_mod.CliOverrides) -> None:
-        try:
-            await self._reload(cli)
-        except Exception:
-            # A reload must never take the daemon down, nor leave systemd in "reloading".
-            logger.exception("reload failed; keeping the running config",
-                             extra={"component": "daemon"})
-            self.notifier.ready(self.status_line())
+    async def reloader(self) -> None:
+        """Apply SIGHUPs one at a time: a SIGHUP during a reload queues exactly one more."""
+        while True:
+            await self.reload_wanted.wait()
+            self.reload_wanted.clear()
+            try:
+                await self.reload()
+            except Exception:
+                # A reload must never take the daemon down, nor leave systemd in "reloading".
+                logger.exception("reload failed; keeping the running config",
+                                 extra={"component": "daemon"})
+                self.notifier.ready(self.status_line())
 
-    async def _reload(self, cli: config_mod.CliOverrides) -> None:
+    async def reload(self) -> None:
         self.notifier.reloading()
         try:
-            new = config_mod.load(cli, self.loaded.environ)
-            specs = engine_specs(new.config, self.engine_key)
+            new = config_mod.load(self.cli, self.loaded.environ)
+            specs = engine_specs(new.config, self.services.engine_key)
         except ConfigError as exc:
             logger.error("reload failed, keeping the running config: %s", exc.message,
                          extra={"component": "daemon"})
             self.notifier.ready(self.status_line())
             return
         self.loaded = new
+        store = ModelStore.from_config(new.config, new.runtime)
         self.services.config = new.config
+        self.services.store = store
         self.supervisor.settings = engine_settings(new.config)
         started = await self.supervisor.reload(specs)
-        dropped = self.app[ROUTER].replace(
-            build_targets(new.config, self.supervisor.get, self.engine_key))
+        dropped = self.app[ROUTER].replace(build_targets(
+            new.config, store, self.supervisor.get, self.services.engine_key))
         for target in dropped:
             await target.session.close()
         logger.info("config reloaded from %s; restarted: %s", new.path or "defaults",
                     ", ".join(started) or "nothing", extra={"component": "daemon"})
         self.notifier.ready(self.status_line())
-        asyncio.get_running_loop().create_task(self.announce_ready())
+        self.tasks.start(self.announce_ready(), "ready")
 
     def engine_metrics(self) -> list[str]:
-        states = [(s.model, s.state) for s in self.supervisor.snapshot()]
-        rows = [((("model", m), ("state", str(st))), 1.0) for m, st in states]
+        statuses = self.supervisor.snapshot()
+        rows = [((("model", s.model), ("state", str(s.state))), 1.0) for s in statuses]
         out = gauge("vllama_engine_state", "1 for the state each engine is in.", rows)
         out += gauge("vllama_engine_restarts_total", "Engine restarts after crashes.",
-                     [((("model", s.model),), float(s.restarts))
-                      for s in self.supervisor.snapshot()], kind="counter")
+                     [((("model", s.model),), float(s.restarts)) for s in statuses],
+                     kind="counter")
         snap = self.services.gpu.snapshot if self.services.gpu is not None else None
         gpus = snap.gpus if snap is not None and snap.available else ()
         out += gauge("vllama_gpu_memory_used_bytes", "GPU memory in use (NVML).",
@@ -193,29 +244,37 @@ class Daemon:
         return out
 
 
-def _signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event,
-             on_hup: Callable[[], None]) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-
-
-async def serve(loaded: Loaded, *, cli: config_mod.CliOverrides | None = None,
-                stop: asyncio.Event | None = None) -> int:
-    """Run until SIGINT/SIGTERM (or ``stop`` is set). Returns the process exit code."""
-    cfg = loaded.config
-    cli = cli or config_mod.CliOverrides()
-    stop = stop or asyncio.Event()
+def _install_signals(stack: contextlib.AsyncExitStack, stop: asyncio.Event,
+                     reload_wanted: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
+
+    def remove() -> None:
+        for sig in _SIGNALS:
+            loop.remove_signal_handler(sig)
+
+    stack.callback(remove)
+
+
+async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
+                 cli: config_mod.CliOverrides, notifier: Notifier, stop: asyncio.Event
+                 ) -> Daemon | None:
+    """Start-up in order; None when the gateway cannot listen (already reported)."""
+    cfg = loaded.config
     started = time.monotonic()
-    notifier = Notifier(loaded.runtime.notify_socket or None)
+    reload_wanted = asyncio.Event()
+    _install_signals(stack, stop, reload_wanted)
     engine_key = secrets.token_urlsafe(24)
     specs = engine_specs(cfg, engine_key)
 
     gpu = GpuMonitor(import_nvml(), cfg.nvml_interval)
+    stack.push_async_callback(gpu.stop)
     snapshot = await gpu.start()
     hw = hardware_info(snapshot, read_mem_available())
     probe_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3))
+    stack.push_async_callback(probe_session.close)
     probe = health_probe(probe_session)
     gpu_freed = gpu.memory_freed_for if snapshot.available else None
     cwd = os.getcwd()
@@ -225,62 +284,61 @@ async def serve(loaded: Loaded, *, cli: config_mod.CliOverrides | None = None,
                       cwd=cwd, gpu_freed=gpu_freed)
 
     supervisor = Supervisor(factory, engine_settings(cfg))
-    store = store_from_config(cfg, loaded.runtime)
-    services = Services(config=cfg, supervisor=supervisor, gpu=gpu, store=store,
-                        extra={"engine_key": engine_key})
+    services = Services(config=cfg, store=ModelStore.from_config(cfg, loaded.runtime),
+                        supervisor=supervisor, gpu=gpu, engine_key=engine_key)
     app = make_app(services)
-    daemon = Daemon(loaded, notifier, supervisor, services, app, engine_key, started)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
                            # A client that disconnects cancels its handler at once, which
                            # closes the upstream connection so vLLM aborts the sequence.
                            handler_cancellation=True)
-    tasks: list[asyncio.Task[None]] = []
-    reloading: list[asyncio.Task[None]] = []
-
-    def on_hup() -> None:
-        if not any(not t.done() for t in reloading):
-            reloading.append(loop.create_task(daemon.reload(cli)))
-
     await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    tasks = Tasks()
+    daemon = Daemon(loaded, cli, notifier, supervisor, services, app, tasks, started,
+                    reload_wanted)
+    app[METRICS].collectors.append(daemon.engine_metrics)
+
+    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
     try:
-        app[METRICS].collectors.append(daemon.engine_metrics)
-        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            logger.error("cannot listen on %s:%d: %s; is another server (ollama?) using the "
-                         "port? Set port or VLLAMA_PORT", cfg.host, cfg.port, exc.strerror,
-                         extra={"component": "gateway"})
-            notifier.errno(exc.errno or 98, f"cannot listen on {cfg.host}:{cfg.port}")
-            return 1
-        logger.info("listening on http://%s:%d", cfg.host, cfg.port,
-                    extra={"component": "gateway"})
-        _signals(loop, stop, on_hup)
-        supervisor.add_listener(daemon.on_engine_change)
-        supervisor.start(specs)
-        notifier.status(supervisor.status_text())
-        tasks.append(loop.create_task(daemon.heartbeat(), name="heartbeat"))
-        tasks.append(loop.create_task(daemon.announce_ready(), name="ready"))
-        interval = watchdog_interval(loaded.runtime.watchdog_usec,
-                                     loaded.runtime.watchdog_pid, os.getpid())
-        if interval:
-            tasks.append(loop.create_task(watchdog_loop(notifier, interval), name="watchdog"))
-        await stop.wait()
-        logger.info("shutting down", extra={"component": "daemon"})
-        notifier.stopping("stopping")
+        await site.start()
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s; is another server (ollama?) using the "
+                     "port? Set port or VLLAMA_PORT", cfg.host, cfg.port, exc.strerror,
+                     extra={"component": "gateway"})
+        notifier.errno(exc.errno or 98, f"cannot listen on {cfg.host}:{cfg.port}")
+        return None
+    logger.info("listening on http://%s:%d", cfg.host, cfg.port, extra={"component": "gateway"})
+
+    supervisor.add_listener(daemon.on_engine_change)
+    stack.push_async_callback(supervisor.stop)
+    supervisor.start(specs)
+    notifier.status(supervisor.status_text())
+    stack.push_async_callback(tasks.aclose)
+    tasks.start(daemon.heartbeat(), "heartbeat")
+    tasks.start(daemon.announce_ready(), "ready")
+    tasks.start(daemon.reloader(), "reloader")
+    interval = watchdog_interval(loaded.runtime.watchdog_usec, loaded.runtime.watchdog_pid,
+                                 os.getpid())
+    if interval:
+        tasks.start(watchdog_loop(notifier, interval), "watchdog")
+    return daemon
+
+
+async def serve(loaded: Loaded, *, cli: config_mod.CliOverrides | None = None,
+                stop: asyncio.Event | None = None) -> int:
+    """Run until SIGINT/SIGTERM (or `stop` is set). Returns the process exit code."""
+    stop = stop or asyncio.Event()
+    notifier = Notifier(loaded.runtime.notify_socket or None)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            daemon = await _start(stack, loaded, cli or config_mod.CliOverrides(), notifier,
+                                  stop)
+            if daemon is None:
+                return 1
+            await stop.wait()
+            logger.info("shutting down", extra={"component": "daemon"})
+            notifier.stopping("stopping")
     finally:
-        for task in [*tasks, *reloading]:
-            task.cancel()
-        for task in [*tasks, *reloading]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await supervisor.stop()
-        await runner.cleanup()
-        await gpu.stop()
-        await probe_session.close()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
         notifier.close()
         sys.stderr.flush()
     return 0
-

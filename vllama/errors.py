@@ -63,12 +63,6 @@ class PayloadTooLarge(VllamaError):
     status = 413
 
 
-class ClientClosed(VllamaError):
-    """The client went away; Ollama logs this as 499 `request canceled`."""
-
-    status = 499
-
-
 class Unavailable(VllamaError):
     """The engine serving a model is not ready (loading, restarting, failed): 503 with why."""
 

@@ -1,19 +1,24 @@
-"""Talking to upstreams (local vLLM engines and external OpenAI servers).
+"""Talking to upstreams (local vLLM engines and external OpenAI servers): the one owner of
+aiohttp's client side.
 
-One ``aiohttp.ClientSession`` + ``TCPConnector`` per upstream, created and closed with the
-app. Every aiohttp failure is mapped here onto ``vllama.errors`` so routes see only those.
-SSE is read line by line straight from the connection; no per-chunk buffering beyond that.
+One `aiohttp.ClientSession` + `TCPConnector` per upstream, created and closed with the app.
+`post()` is an async context manager yielding an `UpstreamResponse` whose body is read through
+vllama's error tree: routes never see an aiohttp exception (httpcore's `map_exceptions` is the
+model). The response gives its connection back to the pool when the body was read to its end,
+and drops it otherwise (the client left, or an error), so vLLM aborts the sequence at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import aiohttp
 import msgspec
+from multidict import CIMultiDictProxy
 
 from vllama.errors import EngineDied, UpstreamError
 from vllama.translate.models import RUNNER_STOPPED
@@ -21,6 +26,10 @@ from vllama.translate.stream import error_from_upstream
 
 logger = logging.getLogger("vllama.upstream")
 
+# What reading a response body raises when the connection drops mid-stream.
+_STREAM_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+                  aiohttp.ClientConnectionError, ConnectionResetError,
+                  asyncio.IncompleteReadError)
 
 
 def new_session(*, limit: int, keepalive: float, connect_timeout: float,
@@ -48,20 +57,61 @@ def _dumps(obj: Any) -> str:
     return msgspec.json.encode(obj).decode()
 
 
-async def post(session: aiohttp.ClientSession, url: str, body: bytes,
-               headers: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
-    """POST and return the response once its status is known. Raises VllamaError for a
-    connection failure (502) or an error status (passed through with the upstream's text).
-    The caller owns the returned response and must release it.
+@contextlib.contextmanager
+def _body_errors() -> Iterator[None]:
+    """A body read that fails means the upstream went away mid-response."""
+    try:
+        yield
+    except _STREAM_ERRORS as exc:
+        logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
+        raise EngineDied(RUNNER_STOPPED) from None
 
-    A pooled keep-alive connection that the server closed just as it was reused fails with
-    "Server disconnected" before any byte of a response: the server never saw the request,
-    so it is sent once more on a fresh connection (retries happen only before the first
-    byte, never mid-stream)."""
+
+class UpstreamResponse:
+    """A successful (2xx) upstream response, read only through vllama's errors."""
+
+    __slots__ = ("_resp", "finished")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.finished = False  # the body was read to its end: the connection can be reused
+
+    @property
+    def status(self) -> int:
+        return self._resp.status
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._resp.headers
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, one network read at a time (several SSE events may share
+        one read, and one event may span reads)."""
+        read = self._resp.content.readany
+        while True:
+            with _body_errors():
+                data = await read()
+            if not data:
+                self.finished = True
+                return
+            yield data
+
+    async def read(self) -> bytes:
+        with _body_errors():
+            data = await self._resp.read()
+        self.finished = True
+        return data
+
+
+async def _send(session: aiohttp.ClientSession, url: str, body: bytes,
+                headers: Mapping[str, str] | None) -> aiohttp.ClientResponse:
+    """POST until the status is known. A pooled keep-alive connection that the server closed
+    just as it was reused fails with "Server disconnected" before any byte of a response: the
+    server never saw the request, so it is sent once more on a fresh connection (retries
+    happen only before the first byte, never mid-stream)."""
     for attempt in (1, 2):
         try:
-            resp = await session.post(url, data=body, headers=headers)
-            break
+            return await session.post(url, data=body, headers=headers)
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(f"upstream unreachable: {exc.os_error or exc}") from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -70,6 +120,16 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes,
             logger.debug("upstream closed a pooled connection; retrying once: %s", exc)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"upstream error: {exc or type(exc).__name__}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.asynccontextmanager
+async def post(session: aiohttp.ClientSession, url: str, body: bytes,
+               headers: Mapping[str, str] | None = None) -> AsyncIterator[UpstreamResponse]:
+    """POST `body` and yield the response once its status is known. A connection failure is
+    UpstreamError (502); an error status is UpstreamError with the upstream's status and
+    text. Leaving the block releases the connection (body read to its end) or drops it."""
+    resp = await _send(session, url, body, headers)
     if resp.status >= 400:
         try:
             data = await resp.read()
@@ -78,16 +138,11 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes,
         finally:
             resp.release()
         raise error_from_upstream(resp.status, data)
-    return resp
-
-
-# What reading a response body raises when the connection drops mid-stream.
-STREAM_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
-                 aiohttp.ClientConnectionError, ConnectionResetError,
-                 asyncio.IncompleteReadError)
-
-
-def stream_broke(exc: BaseException) -> EngineDied:
-    """The error for a body read that raised one of STREAM_ERRORS (the engine went away)."""
-    logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
-    return EngineDied(RUNNER_STOPPED)
+    stream = UpstreamResponse(resp)
+    try:
+        yield stream
+    finally:
+        if stream.finished:
+            resp.release()
+        else:
+            resp.close()

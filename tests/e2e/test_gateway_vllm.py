@@ -28,7 +28,7 @@ Client = TestClient[web.Request, web.Application]
 async def gateway(aiohttp_client: Any, vllm_engine: VllmEngine) -> Client:
     cfg = Config(models=(ModelConfig(name="tiny", upstream=vllm_engine.base_url + "/v1",
                                      capabilities=("completion", "tools")),))
-    client: Client = await aiohttp_client(make_app(Services(config=cfg)),
+    client: Client = await aiohttp_client(make_app(Services.for_config(cfg)),
                                           server_kwargs={"handler_cancellation": True})
     return client
 
@@ -146,7 +146,7 @@ async def test_embeddings_on_real_pooling_engine(aiohttp_client: Any,
     cfg = Config(models=(ModelConfig(name="tiny-embed",
                                      upstream=vllm_embed_engine.base_url + "/v1",
                                      capabilities=("embedding",)),))
-    client: Client = await aiohttp_client(make_app(Services(config=cfg)))
+    client: Client = await aiohttp_client(make_app(Services.for_config(cfg)))
     resp = await client.post("/api/embed", data=msgspec.json.encode({
         "model": "tiny-embed", "input": ["The sky is blue", "Why is the sky blue?"]}))
     assert resp.status == 200, await resp.text()

@@ -19,7 +19,8 @@ MakeClient = Callable[[web.Application], Awaitable[Client]]
 @pytest.fixture
 def make(aiohttp_client: MakeClient) -> Callable[..., Awaitable[Client]]:
     async def build(**settings: object) -> Client:
-        return await aiohttp_client(make_app(Services(config=Config(**settings))))  # type: ignore[arg-type]
+        cfg = Config(**settings)  # type: ignore[arg-type]
+        return await aiohttp_client(make_app(Services.for_config(cfg)))
     return build
 
 

@@ -54,7 +54,7 @@ def make_bed(aiohttp_client: Any, aiohttp_server: Any) -> MakeBed:
         spec = {"name": "fake", "upstream": str(upstream.make_url("/v1")), **model}
         extra_models = spec.pop("extra_models", ())
         cfg = Config(models=(ModelConfig(**spec), *extra_models))
-        gateway = make_gateway(Services(config=cfg))
+        gateway = make_gateway(Services.for_config(cfg))
         client = await aiohttp_client(gateway, server_kwargs={"handler_cancellation": True})
         return Bed(client, script, upstream_app[FAKE_STATE], upstream)
 

@@ -38,9 +38,8 @@ async def test_retries_once_when_the_server_drops_before_answering() -> None:
     port = server.sockets[0].getsockname()[1]
     session = new_session(limit=4, keepalive=30, connect_timeout=5)
     try:
-        resp = await post(session, f"http://127.0.0.1:{port}/v1/x", b"{}")
-        assert resp.status == 200 and await resp.read() == b"{}"
-        resp.release()
+        async with post(session, f"http://127.0.0.1:{port}/v1/x", b"{}") as resp:
+            assert resp.status == 200 and await resp.read() == b"{}"
         assert len(seen) == 2
     finally:
         await session.close()
@@ -54,7 +53,8 @@ async def test_gives_up_after_the_second_drop() -> None:
     session = new_session(limit=4, keepalive=30, connect_timeout=5)
     try:
         with pytest.raises(UpstreamError, match="upstream error"):
-            await post(session, f"http://127.0.0.1:{port}/v1/x", b"{}")
+            async with post(session, f"http://127.0.0.1:{port}/v1/x", b"{}"):
+                pass
         assert len(seen) == 2
     finally:
         await session.close()
@@ -69,4 +69,5 @@ async def test_refused_is_unreachable() -> None:
     await server.wait_closed()
     async with aiohttp.ClientSession() as session:
         with pytest.raises(UpstreamError, match="unreachable"):
-            await post(session, f"http://127.0.0.1:{port}/v1/x", b"{}")
+            async with post(session, f"http://127.0.0.1:{port}/v1/x", b"{}"):
+                pass

@@ -1,10 +1,11 @@
 """Fixtures for model management tests: a fake Hugging Face hub on loopback serving the tiny
-model (single file, sharded, gated) and a big synthetic checkpoint, plus a ModelStore over a
-fresh cache and state dir pointed at it through `endpoint` (never through the environment)."""
+model (single file, sharded, gated) and a big synthetic checkpoint, a ModelStore over a fresh
+cache and state dir pointed at it through `endpoint` (never through the environment), and the
+real gateway over that store."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests import fake_hf_hub as fh
 from tests.tinymodel import generate
-from vllama.errors import VllamaError
-from vllama.models.routes import MODEL_STORE, add_routes
+from vllama.config import Config
+from vllama.gateway.app import make_app
+from vllama.gateway.keys import Services
 from vllama.models.store import ModelStore
 
 BIG_TENSOR_BYTES = 24 * 1024 * 1024  # over huggingface_hub's 10 MiB read chunk
@@ -72,25 +74,13 @@ def store(tmp_path: Path, hub: Hub) -> ModelStore:
                       config_aliases={"tiny": "tiny/llama", "house-model:v2": "tiny/llama-sharded"})
 
 
-@web.middleware
-async def error_middleware(request: web.Request,
-                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                           ) -> web.StreamResponse:
-    """A stand-in for the gateway's error mapping: VllamaError -> {"error": msg}, e.status."""
-    try:
-        return await handler(request)
-    except VllamaError as exc:
-        return web.json_response({"error": exc.message}, status=exc.status)
-
-
 Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
 async def client(store: ModelStore) -> AsyncIterator[Client]:
-    app = web.Application(middlewares=[error_middleware])
-    app[MODEL_STORE] = store
-    add_routes(app, tags_and_show=True)
+    """The real gateway (no configured models) over the store."""
+    app = make_app(Services(config=Config(), store=store))
     test_client: Client = TestClient(TestServer(app, host="127.0.0.1"))
     await test_client.start_server()
     try:

@@ -238,6 +238,6 @@ def test_context_from_config(tmp_path: Path) -> None:
     ctx = commands.context_from_config(loaded, out=io.StringIO(), err=io.StringIO())
     assert ctx.base_url == "http://127.0.0.1:11500"
     store = ctx.store
-    assert store.cache_dir == tmp_path / "hf" / "hub"
+    assert store.cache == tmp_path / "hf" / "hub"
     assert store.state_dir == tmp_path / "state"
     assert (store.token, store.endpoint) == ("hf_x", "http://hub.local:9")

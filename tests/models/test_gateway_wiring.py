@@ -30,7 +30,10 @@ async def test_store_and_served_models_together(aiohttp_client: Any, aiohttp_ser
     fake = await aiohttp_server(fake_app)
     # The engine serving the pulled repo (an upstream here, standing in for a local engine).
     cfg = Config(models=(ModelConfig(name="tiny/llama", upstream=str(fake.make_url("/v1"))),))
-    client: Client = await aiohttp_client(make_app(Services(config=cfg, store=store)))
+    # The daemon builds its store from the same config: it knows the configured models.
+    served = ModelStore(store.cache, store.state_dir, models=cfg.models, endpoint=store.endpoint,
+                        config_aliases=store.config_aliases)
+    client: Client = await aiohttp_client(make_app(Services(config=cfg, store=served)))
 
     tags = await (await client.get("/api/tags")).json()
     names = [m["name"] for m in tags["models"]]

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import pytest
 
+from vllama.config import ModelConfig
 from vllama.models.aliases import BUILTIN_ALIASES, builtin_table
-from vllama.models.names import InvalidName, display_name, parse_ollama, resolve, validate
+from vllama.models.names import (
+    InvalidName,
+    ServedIndex,
+    display_name,
+    full_name,
+    is_valid_name,
+    parse_name,
+    resolve,
+    resolve_served,
+    split_tag,
+    validate,
+)
 
 CONFIG = {"chat": "qwen2.5:7b", "Mine:v1": "Org/Model", "local": "/srv/models/x",
           "qwen2.5:7b": "Someone/Override"}
@@ -86,11 +98,11 @@ def test_display_names_have_explicit_tags(name: str, shown: str) -> None:
 
 
 def test_ollama_grammar_parts() -> None:
-    parsed = parse_ollama("example.com:5000/team/model.v2:q4_K_M")
-    assert parsed is not None
+    parsed = parse_name("example.com:5000/team/model.v2:q4_K_M")
+    assert parsed.valid
     assert (parsed.host, parsed.namespace, parsed.model, parsed.tag) == (
         "example.com:5000", "team", "model.v2", "q4_K_M")
-    assert parse_ollama("bad.namespace/model") is None  # Ollama: no `.` in a namespace
+    assert not parse_name("bad.namespace/model").valid  # Ollama: no `.` in a namespace
 
 
 def test_builtin_table_is_consistent() -> None:
@@ -98,9 +110,78 @@ def test_builtin_table_is_consistent() -> None:
     assert ("qwen2.5:latest", "Qwen/Qwen2.5-7B-Instruct") in rows
     for name, repo in rows:
         assert BUILTIN_ALIASES[name] == repo
-        assert parse_ollama(name) is not None
+        assert parse_name(name).valid
         assert repo.count("/") == 1
     families = {n.split(":")[0] for n, _ in rows}
     assert {"qwen2.5", "qwen3", "llama3.1", "llama3.2", "mistral", "gemma2", "gemma3", "phi3",
             "phi4", "nomic-embed-text", "bge-m3", "bge-large", "all-minilm",
             "mxbai-embed-large", "qwen2.5-coder"} <= families
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("llama3.2", True), ("llama3.2:latest", True), ("user/model:tag", True),
+        ("host.com:8080/ns/model:v1.0", True), ("Qwen/Qwen2.5-7B-Instruct", True),
+        ("_x", True), ("a" * 80, True), ("a" * 81, False), ("", False), ("-x", False),
+        ("x:", False), ("x:-t", False), ("org.x/model", False), ("a//b", False), ("/x", False),
+        ("x y", False), ("x:t/y", False), ("https://h/ns/m", True), ("a/b/c/d", False),
+    ],
+)
+def test_is_valid_name(name: str, ok: bool) -> None:
+    assert is_valid_name(name) is ok
+
+
+@pytest.mark.parametrize(("name", "base", "tag"), [
+    # one split_tag: "" when there is no tag (the twins once gave "" and None)
+    ("qwen", "qwen", ""), ("qwen:7b", "qwen", "7b"), ("x:", "x", ""),
+    ("host:8000/m", "host:8000/m", ""), ("host:8000/m:t", "host:8000/m", "t"),
+])
+def test_split_tag(name: str, base: str, tag: str) -> None:
+    assert split_tag(name) == (base, tag)
+
+
+def test_name_forms() -> None:
+    assert full_name("x") == "registry.ollama.ai/library/x:latest"
+    assert full_name("u/m:t") == "registry.ollama.ai/u/m:t"
+    assert display_name("foo") == "foo:latest"
+    assert display_name("registry.ollama.ai/library/foo:7b") == "foo:7b"
+    assert display_name("Qwen/Qwen2.5") == "Qwen/Qwen2.5:latest"
+    assert display_name("h.io/ns/m") == "h.io/ns/m:latest"
+    assert display_name("llama3.2:1b") == "llama3.2:1b"
+    assert display_name("host:8000/m") == "host:8000/m:latest"
+    assert display_name("org.x/Model") == "org.x/Model:latest"  # outside Ollama's grammar
+
+
+SERVED = ServedIndex([
+    ModelConfig(name="tiny", source="/srv/tiny"),
+    ModelConfig(name="org.x/Model", upstream="http://h/v1"),
+    ModelConfig(name="alias:latest", source="Qwen/Qwen2.5-0.5B-Instruct"),
+])
+
+
+@pytest.mark.parametrize(
+    ("requested", "served"),
+    [
+        ("tiny", "tiny"), ("tiny:latest", "tiny"), ("TINY:Latest", "tiny"),
+        ("org.x/model:latest", "org.x/Model"),  # a vLLM id Ollama's grammar refuses
+        ("alias", "alias:latest"), ("alias:latest", "alias:latest"),
+        ("registry.ollama.ai/library/tiny", "tiny"),
+        # a name that stands for a served source reaches the configured model
+        ("Qwen/Qwen2.5-0.5B-Instruct", "alias:latest"), ("qwen2.5:0.5b", "alias:latest"),
+        ("copy", "tiny"),  # a user alias of a served name
+        ("tiny:7b", None), ("nope", None),
+    ],
+)
+def test_one_resolver_for_served_names(requested: str, served: str | None) -> None:
+    got = resolve(requested, served=SERVED, user_aliases={"copy": "tiny"})
+    assert (got.served.name if got is not None and got.served is not None else None) == served
+
+
+def test_served_names_resolve_without_io_and_refuse_traversal() -> None:
+    hit = resolve_served("TINY", SERVED)
+    assert hit is not None and (hit.name, hit.kind, hit.source) == ("tiny:latest", "served",
+                                                                   "/srv/tiny")
+    assert resolve_served("nothing", SERVED) is None
+    with pytest.raises(InvalidName):
+        resolve_served("../tiny", SERVED)

@@ -14,14 +14,14 @@ from tests.models.conftest import Hub, pull_all
 from vllama.errors import NotFound, VllamaError
 from vllama.models.cache import repo_folder
 from vllama.models.names import InvalidName
-from vllama.models.pull import NOT_FOUND
 from vllama.models.store import ModelStore
+from vllama.translate.models import PULL_NOT_FOUND as NOT_FOUND
 
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
 
 
 def snapshot_of(store: ModelStore, repo: str) -> Path:
-    repo_dir = store.cache_dir / repo_folder(repo)
+    repo_dir = store.cache / repo_folder(repo)
     commit = (repo_dir / "refs" / "main").read_text()
     return repo_dir / "snapshots" / commit
 
@@ -62,7 +62,7 @@ async def test_pull_sharded_model(store: ModelStore, hub: Hub) -> None:
     listed = {m.name: m for m in store.list_models()}
     # the repo itself, and the config alias that points at it
     assert set(listed) == {"tiny/llama-sharded:latest", "house-model:v2"}
-    entry = listed["tiny/llama-sharded:latest"].tag_entry()
+    entry = store.tag_entry(listed["tiny/llama-sharded:latest"])
     assert listed["house-model:v2"].digest == entry.digest
     assert len(entry.digest) == 64 and entry.size == sum(
         len(repo.files[p.name]) for p in snap.iterdir() if p.is_file())
@@ -133,7 +133,7 @@ async def test_abandoned_pull_is_not_listed(store: ModelStore, hub: Hub) -> None
             break  # the client went away mid-pull
     await pull.aclose()
     assert store.list_models() == []
-    repo_dir = store.cache_dir / repo_folder("tiny/big")
+    repo_dir = store.cache / repo_folder("tiny/big")
     assert list((repo_dir / ".vllama").glob("*.pulling"))
     assert not list((repo_dir / "blobs").glob("*.incomplete"))
 
@@ -145,12 +145,12 @@ async def test_gated_repo_needs_a_token(store: ModelStore, hub: Hub) -> None:
     assert f"{hub.url}/gated/llama" in info.value.message
     assert store.list_models() == []
 
-    wrong = ModelStore(store.cache_dir, store.state_dir, endpoint=hub.url, token="hf_wrong")
+    wrong = ModelStore(store.cache, store.state_dir, endpoint=hub.url, token="hf_wrong")
     with pytest.raises(VllamaError) as info:
         await pull_all(wrong, "gated/llama")
     assert "HF_TOKEN" in info.value.message and info.value.status == 403
 
-    good = ModelStore(store.cache_dir, store.state_dir, endpoint=hub.url, token=fh.GOOD_TOKEN)
+    good = ModelStore(store.cache, store.state_dir, endpoint=hub.url, token=fh.GOOD_TOKEN)
     progress = await pull_all(good, "gated/llama")
     assert progress[-1] == {"status": "success"}
     assert [m.name for m in good.list_models()] == ["gated/llama:latest"]
@@ -176,7 +176,7 @@ async def test_pull_through_an_alias_lists_the_alias(store: ModelStore, hub: Hub
     assert progress[-1] == {"status": "success"}
     names = [m.name for m in store.list_models()]
     assert "tiny:latest" in names
-    marker = json.loads(next((store.cache_dir / repo_folder("tiny/llama") / ".vllama")
+    marker = json.loads(next((store.cache / repo_folder("tiny/llama") / ".vllama")
                              .glob("*.complete")).read_text())
     assert marker["names"] == ["tiny:latest"]
     # pulling again is cheap: everything is cached

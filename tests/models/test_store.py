@@ -1,5 +1,5 @@
 """ModelStore over hand-built caches: snapshots other tools downloaded, broken snapshots,
-local directories, aliases and overrides; and the pure helpers behind details/show."""
+local directories, configured models, aliases and overrides."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from vllama.errors import BadRequest, NotFound, VllamaError
-from vllama.models import info
 from vllama.models.names import InvalidName
 from vllama.models.store import ModelStore, hub_cache_dir
 
@@ -48,11 +47,11 @@ def empty_store(tmp_path: Path) -> ModelStore:
 
 def test_snapshots_from_other_tools_list_when_complete(empty_store: ModelStore,
                                                        tiny_dir: Path) -> None:
-    fake_snapshot(empty_store.cache_dir, "Other/Tool", model_files(tiny_dir))
+    fake_snapshot(empty_store.cache, "Other/Tool", model_files(tiny_dir))
     files = model_files(tiny_dir)
     del files["model.safetensors"]
-    fake_snapshot(empty_store.cache_dir, "No/Weights", files)
-    broken = fake_snapshot(empty_store.cache_dir, "Broken/Blob", model_files(tiny_dir))
+    fake_snapshot(empty_store.cache, "No/Weights", files)
+    broken = fake_snapshot(empty_store.cache, "Broken/Blob", model_files(tiny_dir))
     (broken / "model.safetensors").resolve().unlink()  # dangling link: blob missing
     assert [m.name for m in empty_store.list_models()] == ["Other/Tool:latest"]
     # a name match is case-insensitive and keeps the cache's spelling
@@ -61,7 +60,7 @@ def test_snapshots_from_other_tools_list_when_complete(empty_store: ModelStore,
 
 
 def test_a_pulling_marker_hides_a_snapshot(empty_store: ModelStore, tiny_dir: Path) -> None:
-    snap = fake_snapshot(empty_store.cache_dir, "Half/Pulled", model_files(tiny_dir))
+    snap = fake_snapshot(empty_store.cache, "Half/Pulled", model_files(tiny_dir))
     marker = snap.parent.parent / ".vllama" / f"{COMMIT}.pulling"
     marker.parent.mkdir()
     marker.write_text("{}")
@@ -71,13 +70,13 @@ def test_a_pulling_marker_hides_a_snapshot(empty_store: ModelStore, tiny_dir: Pa
 
 
 def test_digest_is_stable_and_follows_content(empty_store: ModelStore, tiny_dir: Path) -> None:
-    fake_snapshot(empty_store.cache_dir, "A/Model", model_files(tiny_dir))
+    fake_snapshot(empty_store.cache, "A/Model", model_files(tiny_dir))
     first = empty_store.list_models()[0].digest
     assert empty_store.list_models()[0].digest == first and len(first) == 64
-    shutil.rmtree(empty_store.cache_dir)
+    shutil.rmtree(empty_store.cache)
     files = model_files(tiny_dir)
     files["config.json"] = files["config.json"].replace(b"2048", b"4096")
-    fake_snapshot(empty_store.cache_dir, "A/Model", files)
+    fake_snapshot(empty_store.cache, "A/Model", files)
     assert empty_store.list_models()[0].digest != first
 
 
@@ -86,8 +85,9 @@ def test_local_directory_aliases(tmp_path: Path, tiny_dir: Path) -> None:
                        config_aliases={"house": str(tiny_dir), "gone": "/nonexistent/x"})
     assert [(m.name, m.kind) for m in store.list_models()] == [("house:latest", "config")]
     body = store.show("house")
-    assert body["model_info"]["general.architecture"] == "llama"
-    assert store.local_path("house") == tiny_dir
+    assert body.model_info["general.architecture"] == "llama"
+    found = store.find("house")
+    assert found is not None and found.path == tiny_dir
     assert store.find(str(tiny_dir), allow_paths=True) is not None
     with pytest.raises(InvalidName):
         store.find(str(tiny_dir))  # paths only where the caller allows them (not the API)
@@ -98,7 +98,7 @@ def test_local_directory_aliases(tmp_path: Path, tiny_dir: Path) -> None:
 
 def test_copy_and_create_persist_with_overrides(tmp_path: Path, tiny_dir: Path) -> None:
     store = ModelStore(tmp_path / "hub", tmp_path / "state")
-    fake_snapshot(store.cache_dir, "Org/Chat", model_files(tiny_dir))
+    fake_snapshot(store.cache, "Org/Chat", model_files(tiny_dir))
     store.create("helper", "Org/Chat", system="Be brief.", parameters={"temperature": 0.1})
     store.cp("helper", "helper2:v1")
     again = ModelStore(tmp_path / "hub", tmp_path / "state")  # a new process reads the file
@@ -120,71 +120,16 @@ def test_copy_and_create_persist_with_overrides(tmp_path: Path, tiny_dir: Path) 
 
 
 def test_rm_frees_the_repo(empty_store: ModelStore, tiny_dir: Path) -> None:
-    fake_snapshot(empty_store.cache_dir, "Org/Gone", model_files(tiny_dir))
+    fake_snapshot(empty_store.cache, "Org/Gone", model_files(tiny_dir))
     expected = sum(p.stat().st_size for p in tiny_dir.iterdir())
     assert empty_store.rm("org/gone") == expected + len(COMMIT)  # blobs and refs/main
-    assert not (empty_store.cache_dir / "models--Org--Gone").exists()
+    assert not (empty_store.cache / "models--Org--Gone").exists()
     with pytest.raises(NotFound):
         empty_store.rm("Org/Gone")
 
 
 def test_hub_cache_dir() -> None:
     assert hub_cache_dir("/var/lib/hf") == Path("/var/lib/hf/hub")
-
-
-@pytest.mark.parametrize(("count", "text"), [
-    (7_615_616_512, "7.6B"), (494_032_768, "494.03M"), (22_000_000, "22M"),
-    (8_000_000_000, "8B"), (558_208, "558K"), (999, "999"),
-])
-def test_human_number(count: int, text: str) -> None:
-    assert info.human_number(count) == text
-
-
-@pytest.mark.parametrize(("config", "level"), [
-    ({"torch_dtype": "bfloat16"}, "BF16"),
-    ({"dtype": "float16"}, "F16"),
-    ({"quantization_config": {"quant_method": "awq", "bits": 4}}, "AWQ-INT4"),
-    ({"quantization_config": {"quant_method": "fp8"}, "torch_dtype": "bfloat16"}, "FP8"),
-    ({"text_config": {"torch_dtype": "float32"}}, "F32"),
-    ({}, ""),
-])
-def test_quantization_level(config: dict[str, object], level: str) -> None:
-    assert info.quantization_level(config) == level
-
-
-def test_show_parts_from_files(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({
-        "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
-        "vision_config": {}, "text_config": {"hidden_size": 64, "num_hidden_layers": 2,
-                                             "max_position_embeddings": 8192,
-                                             "num_attention_heads": 4,
-                                             "num_key_value_heads": 1, "vocab_size": 100}}))
-    (tmp_path / "generation_config.json").write_text(json.dumps(
-        {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "repetition_penalty": 1.05,
-         "do_sample": True, "eos_token_id": [1, 2]}))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"chat_template": [{"name": "default", "template": "{{ messages }}"},
-                           {"name": "tool_use", "template": "x"}]}))
-    (tmp_path / "README.md").write_text("---\nlicense: gemma\n---\n# Gemma\n")
-    model_info = info.model_info(tmp_path, "gemma")
-    assert model_info["gemma3.context_length"] == 8192
-    assert model_info["gemma3.attention.head_count_kv"] == 1
-    assert "general.parameter_count" in model_info  # estimated from the sizes
-    assert info.chat_template(tmp_path) == "{{ messages }}"
-    config = info.read_json(tmp_path / "config.json")
-    assert info.capabilities(tmp_path, config, "{{ messages }}") == ["completion", "vision"]
-    assert info.license_text(tmp_path) == "gemma"
-    assert info.parameters_text(info.generation_defaults(tmp_path)).splitlines() == [
-        f"{'temperature':<30} 0.6", f"{'top_p':<30} 0.95", f"{'top_k':<30} 20",
-        f"{'repeat_penalty':<30} 1.05"]
-
-
-def test_embedding_models_are_recognised(tmp_path: Path) -> None:
-    config = {"architectures": ["BertModel"], "model_type": "bert"}
-    assert info.capabilities(tmp_path, config, "") == ["embedding"]
-    config = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}
-    assert info.capabilities(tmp_path, config, "{% if tools %}<think>") == [
-        "completion", "tools", "thinking"]
 
 
 def test_a_corrupt_aliases_file_is_named(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from vllama.supervisor.argv import (
     check_extra_args,
     cpu_kv_cache_bytes,
     cpu_list,
-    flag_name,
 )
+from vllama.vllm_flags import flag_name
 
 H100 = HardwareInfo(gpu_count=1, gpu_name="NVIDIA H100 80GB HBM3", gpu_memory_total=80 * GiB)
 A100 = HardwareInfo(gpu_count=1, gpu_name="NVIDIA A100-SXM4-80GB", gpu_memory_total=80 * GiB)

@@ -40,11 +40,9 @@ def make_app(services: Services) -> web.Application:
     routes_info.add_routes(app)
     routes_ollama.add_routes(app)
     routes_openai.add_routes(app)
-    routes_models.add_routes(app, services.store)
+    routes_models.add_routes(app)
     lookup = services.supervisor.get if services.supervisor is not None else None
     app[ROUTER] = Router(())
-    app.cleanup_ctx.append(router_ctx(services.config, lookup,
-                                      services.extra.get("engine_key", "")))
-    for extend in services.extra.get("route_setups", ()):
-        extend(app)
+    app.cleanup_ctx.append(router_ctx(services.config, services.store, lookup,
+                                      services.engine_key))
     return app

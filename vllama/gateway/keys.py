@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from vllama.config import Config
+from vllama.gateway.seams import GpuView, StoreView, SupervisorView
+from vllama.models.store import ModelStore
 
 if TYPE_CHECKING:
     from vllama.gateway.metrics import Metrics
@@ -16,16 +18,22 @@ if TYPE_CHECKING:
 
 @dataclass
 class Services:
-    """What the daemon hands the gateway. Objects the gateway does not own (the supervisor,
-    the GPU monitor, the model store) are typed loosely here so the gateway imports nothing
-    from the supervisor (DESIGN: upstream and supervisor never import each other)."""
+    """What the daemon hands the gateway. The gateway owns none of these: it reads the
+    supervisor and the GPU monitor through the protocols in `seams`, and asks the model store
+    what a name means."""
 
     config: Config
+    store: StoreView
+    supervisor: SupervisorView | None = None
+    gpu: GpuView | None = None
+    # The private key the daemon gives its engines (VLLM_API_KEY): only the gateway uses them.
+    engine_key: str = ""
     started: float = field(default_factory=time.time)
-    supervisor: Any = None
-    gpu: Any = None
-    store: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_config(cls, config: Config, **others: Any) -> Services:
+        """Services over a Config, with the model store it describes."""
+        return cls(config=config, store=ModelStore.from_config(config), **others)
 
 
 SERVICES = web.AppKey("services", Services)

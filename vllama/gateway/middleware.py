@@ -18,7 +18,7 @@ import msgspec
 from aiohttp import web
 
 from vllama import log
-from vllama.errors import VllamaError
+from vllama.errors import PayloadTooLarge, Unauthorized, VllamaError
 from vllama.gateway.keys import (
     CORS_OK,
     FINAL_STATUS,
@@ -152,8 +152,7 @@ def _check_key(request: web.Request, key: str) -> None:
     header = request.headers.get("Authorization", "")
     given = header[7:].strip() if header[:7].lower() == "bearer " else ""
     if not hmac.compare_digest(given.encode(), key.encode()):
-        raise VllamaError("unauthorized: send the API key as 'Authorization: Bearer <key>'",
-                          status=401)
+        raise Unauthorized("unauthorized: send the API key as 'Authorization: Bearer <key>'")
 
 
 async def _mapped(request: web.Request, handler: Handler, key: str) -> web.StreamResponse:
@@ -167,7 +166,8 @@ async def _mapped(request: web.Request, handler: Handler, key: str) -> web.Strea
     except web.HTTPMethodNotAllowed:
         return web.Response(status=405, text="405 method not allowed")
     except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(request, 413, f"request body too large: {exc.text}")
+        too_large = PayloadTooLarge(f"request body too large: {exc.text}")
+        return error_response(request, too_large.status, too_large.message)
     except web.HTTPException as exc:
         if exc.status >= 400:
             return error_response(request, exc.status, exc.reason)

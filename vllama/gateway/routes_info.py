@@ -1,9 +1,11 @@
 """Ollama's model information routes: /api/tags, /api/ps, /api/show (and /api/status,
-/api/experimental/model-recommendations). Built from the routing table, the engines and,
-when present, the local model store."""
+/api/experimental/model-recommendations). What a model is comes from the model store, so a
+model is described the same way whether an engine serves it or it is only on disk; /api/ps
+adds what the running engines hold."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterable
@@ -12,27 +14,15 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from vllama.errors import NotFound
 from vllama.gateway.keys import MODEL, SERVICES
-from vllama.gateway.targets import ROUTER, Target
-from vllama.models.routes import local_show, local_tags
+from vllama.gateway.targets import ROUTER
+from vllama.models import facts
+from vllama.models.names import InvalidName, display_name
 from vllama.supervisor.procs import group_members
 from vllama.translate.decode import decode_show
-from vllama.translate.models import (
-    check_model_name,
-    details_from_config,
-    format_parameters,
-    model_info_from_config,
-    tag_name,
-)
+from vllama.translate.models import invalid_name, name_error
 from vllama.translate.values import rfc3339_local
-from vllama.wire.ollama import (
-    ListModel,
-    ModelDetails,
-    ProcessModel,
-    ProcessResponse,
-    ShowResponse,
-)
+from vllama.wire.ollama import ListResponse, ProcessModel, ProcessResponse
 
 _encode = msgspec.json.Encoder().encode
 # Ollama's "keep forever" is now + MaxInt64 ns; the CLI prints "Forever" past 20 years.
@@ -44,30 +34,14 @@ def _json(doc: Any, status: int = 200) -> web.Response:
                         charset="utf-8")
 
 
-def _details(target: Target) -> ModelDetails:
-    return details_from_config(target.hf_config or {}, max_model_len=target.context_length or None)
-
-
-def _list_entry(target: Target) -> ListModel:
-    name = tag_name(target.name)
-    return ListModel(name=name, model=name,
-                     modified_at=rfc3339_local(int(target.created * 1e9)),
-                     size=target.weights_size, digest=target.digest, details=_details(target),
-                     capabilities=target.caps.names())
-
-
 async def tags(request: web.Request) -> web.Response:
-    """Served models first-class, plus every complete model in the local store."""
-    entries: list[dict[str, Any]] = msgspec.to_builtins(
-        [_list_entry(t) for t in request.app[ROUTER].targets])
-    served = {e["name"].lower() for e in entries}
+    """Every model under every name it answers to: configured, pulled, aliases."""
     store = request.app[SERVICES].store
-    if store is not None:
-        for item in await local_tags(store):
-            if item["name"].lower() not in served:
-                entries.append(item)
-    entries.sort(key=lambda e: str(e["modified_at"]), reverse=True)
-    return _json({"models": entries})
+
+    def entries() -> ListResponse:
+        return ListResponse(models=[store.tag_entry(m) for m in store.list_models()])
+
+    return _json(await asyncio.to_thread(entries))
 
 
 def rss(pids: Iterable[int]) -> int:
@@ -89,12 +63,8 @@ def _gpu_memory(request: web.Request, pids: Iterable[int]) -> int:
     if gpu is None:
         return 0
     wanted = set(pids)
-    used = 0
-    for device in getattr(gpu.snapshot, "gpus", ()) or ():
-        for proc in device.processes:
-            if proc.pid in wanted and proc.used_memory:
-                used += proc.used_memory
-    return used
+    return sum(proc.used_memory or 0 for device in gpu.snapshot.gpus
+               for proc in device.processes if proc.pid in wanted)
 
 
 async def ps(request: web.Request) -> web.Response:
@@ -104,77 +74,36 @@ async def ps(request: web.Request) -> web.Response:
         engine = target.engine
         if target.model.is_local and (engine is None or not engine.ready):
             continue  # not loaded: /api/ps tells the truth
-        size = vram = target.weights_size
+        found = target.found
+        size = vram = found.size if found is not None else 0
         pid = engine.status().pid if engine is not None else None
         if pid:  # the engine's process group, read once: GPU memory, else resident memory
             members = group_members(pid)
             vram = _gpu_memory(request, members)
             size = vram or rss(members)
-        name = tag_name(target.name)
-        models.append(ProcessModel(name=name, model=name, size=size, digest=target.digest,
-                                   details=_details(target), expires_at=expires,
-                                   size_vram=vram, context_length=target.context_length))
+        name = display_name(target.name)
+        models.append(ProcessModel(name=name, model=name, size=size,
+                                   digest=found.digest if found is not None else "",
+                                   details=facts.details(target.files,
+                                                         target.context_length or None),
+                                   expires_at=expires, size_vram=vram,
+                                   context_length=target.context_length))
     return _json(ProcessResponse(models=models))
 
 
 async def show(request: web.Request) -> web.Response:
     req = decode_show(await request.read())
-    router = request.app[ROUTER]
     store = request.app[SERVICES].store
     name = req.model or ""
-    target = router.resolve(name) if name else None
-    if target is None and name and store is not None:
-        local = await local_show(store, name)
-        if local is not None:  # a pulled model (served or not): the store describes it
-            request[MODEL] = name
-            return _json(local)
-    if target is None:
-        check_model_name("show", name, [t.name for t in router.targets])
-        raise NotFound(f"model '{name}' not found")  # pragma: no cover
-    request[MODEL] = target.name
-    params = dict(target.model.parameters)
-    if req.options:
-        params.update(req.options)
-    basename = target.model.source or target.upstream_model
-    doc = ShowResponse(
-        details=_details(target),
-        model_info=model_info_from_config(target.hf_config or {}, target.context_length or None,
-                                          basename=basename),
-        modified_at=rfc3339_local(int(target.created * 1e9)),
-        license=_license(target),
-        modelfile=_modelfile(target, params, req.system or target.model.system),
-        parameters=format_parameters(params),
-        # A configured template is what this name shows (as a Modelfile TEMPLATE would); the
-        # engine itself always renders with the model's chat template.
-        template=target.model.template or target.chat_template or "{{ .Prompt }}",
-        system=req.system or target.model.system,
-        capabilities=target.caps.names(),
-    )
-    return _json(doc)
-
-
-def _license(target: Target) -> str:
-    if target.model_dir is None:
-        return ""
-    for name in ("LICENSE", "LICENSE.txt", "LICENSE.md"):
-        try:
-            return (target.model_dir / name).read_text()[:100_000]
-        except OSError:
-            continue
-    return ""
-
-
-def _modelfile(target: Target, params: dict[str, Any], system: str) -> str:
-    lines = ['# Modelfile generated by "ollama show"', "# To build a new Modelfile based on "
-             "this, replace FROM with:", f"# FROM {tag_name(target.name)}", "",
-             f"FROM {target.model.source or target.model.upstream}"]
-    if target.chat_template:
-        lines.append(f'TEMPLATE """{target.chat_template}"""')
-    if system:
-        lines.append(f'SYSTEM """{system}"""')
-    for line in format_parameters(params).splitlines():
-        lines.append(f"PARAMETER {line}")
-    return "\n".join(lines) + "\n"
+    if not name:
+        raise name_error("show", name)
+    try:
+        body = await asyncio.to_thread(store.show, name, system=req.system or "",
+                                       options=req.options)
+    except InvalidName:
+        raise invalid_name("show", name) from None
+    request[MODEL] = name
+    return _json(body)
 
 
 async def status(request: web.Request) -> web.Response:

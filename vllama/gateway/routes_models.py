@@ -1,102 +1,160 @@
-"""Model management routes, wired onto the local model store (vllama.models), plus the
-pieces that need the routing table: a pull of a model that is already served succeeds at once
-(`ollama run` and Open WebUI pull before they chat), and names the store knows (aliases made
-by cp/create, pulled repos) resolve to the engine that serves them."""
+"""Model management routes: /api/pull, /api/push, /api/delete, /api/copy, /api/create, over the
+model store. Bodies are decoded by `vllama.translate` (Go's decoder texts, as on every other
+endpoint); errors are vllama errors with Ollama's texts (API reference §3.11-3.15, §7), turned
+into `{"error": ...}` bodies by the middleware. Streaming replies are NDJSON with no blank
+lines; an error after the first line becomes a final `{"error": ...}` line.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from vllama.errors import BadRequest, VllamaError
+from vllama.errors import BadRequest, NotFound, VllamaError
 from vllama.gateway.keys import SERVICES
-from vllama.gateway.targets import ROUTER, Target
-from vllama.models import routes as store_routes
-from vllama.models.names import InvalidName
-from vllama.models.store import ModelStore, Overrides
+from vllama.gateway.seams import StoreView
+from vllama.models.names import InvalidName, display_name
+from vllama.translate.decode import (
+    decode_copy,
+    decode_create,
+    decode_delete,
+    decode_pull,
+    decode_push,
+)
+from vllama.translate.models import invalid_name, model_required, not_found
+
+logger = logging.getLogger("vllama.models")
 
 NDJSON = "application/x-ndjson"
+PUSH_UNSUPPORTED = ("push is not supported: vllama serves models from the Hugging Face cache; "
+                    "upload with huggingface-cli")
+CREATE_UNSUPPORTED = ("creating a model from files, adapters or quantization is not supported: "
+                      "vllama serves safetensors models from the Hugging Face cache; create an "
+                      'alias with "from" set to an existing model (plus system, parameters or '
+                      "template)")
+
+_encode = msgspec.json.Encoder().encode
 
 
-@dataclass(frozen=True)
-class Routed:
-    target: Target
-    overrides: Overrides | None
+def _store(request: web.Request) -> StoreView:
+    return request.app[SERVICES].store
 
 
-def _store(request: web.Request) -> ModelStore | None:
-    store: ModelStore | None = request.app[SERVICES].store
-    return store
-
-
-async def resolve_via_store(request: web.Request, name: str) -> Routed | None:
-    """A name the routing table does not know, looked up in the store: an alias (cp/create)
-    or a pulled repo that a configured model serves. Raises BadRequest with how to serve it
-    when the model is on disk but no engine serves it."""
-    store = _store(request)
-    if store is None or not name:
-        return None
+async def _ndjson(request: web.Request, first: dict[str, Any],
+                  rest: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
+    """Stream `first` then `rest`; headers go out with the first line, so a failure after it
+    can only be a final error line."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": NDJSON})
+    await response.prepare(request)
+    await response.write(_encode(first) + b"\n")
     try:
-        resolved = await asyncio.to_thread(store.resolve, name)
-    except InvalidName:
-        return None
-    if resolved is None:
-        return None
-    for target in request.app[ROUTER].targets:
-        if target.model.source and target.model.source.lower() == resolved.source.lower():
-            return Routed(target, store.overrides_for(name))
-        if target.name.lower() == resolved.source.lower():  # an alias of a served name
-            return Routed(target, store.overrides_for(name))
-    found = await asyncio.to_thread(store.find, name)
-    if found is not None:
-        raise BadRequest(
-            f"model '{name}' is downloaded but no engine serves it: add it to the config "
-            f"([[models]] name = \"{name}\", source = \"{resolved.source}\") and run "
-            "`systemctl reload vllama`, or start `vllama serve --model "
-            f"{resolved.source}`")
-    return None
+        async for item in rest:
+            await response.write(_encode(item) + b"\n")
+    except VllamaError as exc:
+        await response.write(_encode({"error": exc.message}) + b"\n")
+    except ConnectionResetError:
+        raise  # the client went away; aclosing() in the caller stops the work
+    except Exception as exc:  # headers are out: a final line is the only way to say it
+        logger.exception("stream failed after the first line")
+        await response.write(_encode({"error": f"internal error: {exc}"}) + b"\n")
+    await response.write_eof()
+    return response
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
-    """A served model needs no download; anything else is pulled into the HF cache."""
-    body = await request.read()
+    req = decode_pull(await request.read())
+    name = req.model or ""
+    if not name:
+        raise model_required("pull")
+    async with contextlib.aclosing(_store(request).pull(name)) as progress:
+        try:
+            first = await anext(progress)
+        except InvalidName:
+            raise invalid_name("pull", name) from None
+        if req.stream is not False:
+            return await _ndjson(request, first, progress)
+        last = first
+        async for item in progress:  # errors keep their status (not-found pulls are 500)
+            last = item
+    return web.json_response(last)
+
+
+async def push(request: web.Request) -> web.Response:
+    req = decode_push(await request.read())
+    if not req.model:
+        raise model_required("push")
+    raise BadRequest(PUSH_UNSUPPORTED)
+
+
+async def delete(request: web.Request) -> web.Response:
+    req = decode_delete(await request.read())
+    name = req.model or ""
+    if not name:
+        raise model_required("delete")
     try:
-        req = (msgspec.json.decode(body, type=store_routes.PullRequest) if body.strip()
-               else store_routes.PullRequest())
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        req = store_routes.PullRequest()  # the store's handler reports what is wrong
-    name = req.target()
-    if name and request.app[ROUTER].resolve(name) is not None:
-        if req.stream is False:
-            return web.json_response({"status": "success"})
-        out = web.StreamResponse(headers={"Content-Type": NDJSON})
-        await out.prepare(request)
-        await out.write(b'{"status":"pulling manifest"}\n{"status":"success"}\n')
-        await out.write_eof()
-        return out
-    if _store(request) is None:
-        raise VllamaError("pull model manifest: file does not exist", status=500)
-    # request.read() caches the body, so the store's handler reads it again for free.
-    return await store_routes.pull_handler(request)
+        await asyncio.to_thread(_store(request).rm, name)
+    except InvalidName:
+        raise invalid_name("delete", name) from None
+    except NotFound:
+        raise not_found("delete", name) from None
+    return web.Response(status=200)  # empty body; the Python client checks for exactly 200
 
 
-async def _needs_store(request: web.Request) -> web.StreamResponse:
-    raise BadRequest("model management is not available: vllama runs without a model store")
+async def copy(request: web.Request) -> web.Response:
+    req = decode_copy(await request.read())
+    store = _store(request)
+    for role, value in (("source", req.source), ("destination", req.destination)):
+        if not value or not await asyncio.to_thread(_resolvable_syntax, store, value):
+            raise invalid_name("copy", value or "", field=role)
+    try:
+        await asyncio.to_thread(store.cp, req.source or "", req.destination or "")
+    except InvalidName:
+        raise invalid_name("copy", req.destination or "", field="destination") from None
+    return web.Response(status=200)
 
 
-def add_routes(app: web.Application, store: ModelStore | None) -> None:
+def _resolvable_syntax(store: StoreView, name: str) -> bool:
+    try:
+        store.resolve(name)
+    except InvalidName:
+        return False
+    return True
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    req = decode_create(await request.read())
+    name = req.model or ""
+    if not name:
+        raise model_required("create")
+    if req.files or req.adapters or req.quantize or req.quantization or not req.from_:
+        raise BadRequest(CREATE_UNSUPPORTED)
+    try:
+        await asyncio.to_thread(_store(request).create, name, req.from_,
+                                system=req.system or "", parameters=req.parameters,
+                                template=req.template or "")
+    except InvalidName:
+        raise invalid_name("create", name) from None
+    steps = [{"status": "using existing model " + display_name(req.from_)},
+             {"status": "writing manifest"}, {"status": "success"}]
+    if req.stream is False:
+        return web.json_response(steps[-1])
+
+    async def rest() -> AsyncIterator[dict[str, Any]]:
+        for step in steps[1:]:
+            yield step
+
+    return await _ndjson(request, steps[0], rest())
+
+
+def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/pull", pull)
-    if store is None:
-        for method, path in (("POST", "/api/push"), ("DELETE", "/api/delete"),
-                             ("POST", "/api/copy"), ("POST", "/api/create")):
-            app.router.add_route(method, path, _needs_store)
-        return
-    app[store_routes.MODEL_STORE] = store
-    app.router.add_post("/api/push", store_routes.push_handler)
-    app.router.add_delete("/api/delete", store_routes.delete_handler)
-    app.router.add_post("/api/copy", store_routes.copy_handler)
-    app.router.add_post("/api/create", store_routes.create_handler)
-
+    app.router.add_post("/api/push", push)
+    app.router.add_delete("/api/delete", delete)
+    app.router.add_post("/api/copy", copy)
+    app.router.add_post("/api/create", create)

@@ -10,28 +10,19 @@ aborts the sequence and frees its KV cache at once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
-import aiohttp
 import msgspec
 from aiohttp import web
 
-from vllama.errors import BadRequest, EngineDied, NotFound, VllamaError
+from vllama.errors import EngineDied, VllamaError
 from vllama.gateway.keys import METRICS, MODEL, REQUEST_ID, TOKENS
-from vllama.gateway.routes_models import resolve_via_store
-from vllama.gateway.targets import ROUTER, Target
+from vllama.gateway.targets import Target, route
 from vllama.models.store import Overrides
 from vllama.translate.decode import decode_chat, decode_embed, decode_embeddings, decode_generate
-from vllama.translate.models import (
-    RUNNER_STOPPED,
-    Endpoint,
-    check_model_name,
-    context_overflow,
-    is_context_overflow,
-)
+from vllama.translate.models import RUNNER_STOPPED, Endpoint, map_upstream_error
 from vllama.translate.replies import (
     embed_empty_reply,
     embed_reply,
@@ -53,34 +44,13 @@ from vllama.translate.request import (
 )
 from vllama.translate.stream import SSEDecoder, StreamAccumulator, error_line, special_reply
 from vllama.translate.values import rfc3339_utc
-from vllama.upstream import STREAM_ERRORS, post, stream_broke
+from vllama.upstream import post
 from vllama.wire.ollama import Message
 
 logger = logging.getLogger("vllama.gateway")
 
 _encode = msgspec.json.Encoder().encode
 NDJSON = "application/x-ndjson"
-
-
-def _known(request: web.Request) -> list[str]:
-    return [t.name for t in request.app[ROUTER].targets]
-
-
-async def _resolve(request: web.Request, endpoint: Any, model: str
-                   ) -> tuple[Target, Overrides | None]:
-    """The target serving ``model`` (a configured name, or a name the model store knows),
-    with the defaults an alias made by /api/create applies; Ollama's errors otherwise."""
-    target = request.app[ROUTER].resolve(model) if model else None
-    overrides = None
-    if target is None and model:
-        routed = await resolve_via_store(request, model)
-        if routed is not None:
-            target, overrides = routed.target, routed.overrides
-    if target is None:
-        check_model_name(endpoint, model, _known(request))  # raises Ollama's error
-        raise NotFound(f"model '{model}' not found")  # pragma: no cover
-    request[MODEL] = target.name
-    return target, overrides
 
 
 def _defaults(target: Target, overrides: Overrides | None) -> tuple[str, dict[str, Any]]:
@@ -108,22 +78,10 @@ def _apply_defaults_options(options: dict[str, Any] | None,
     return merged
 
 
-def _map_upstream(exc: VllamaError, model: str, endpoint: Endpoint) -> VllamaError:
-    """vLLM's errors in Ollama's words where Ollama has words for them."""
-    text = exc.message.lower()
-    if exc.status == 404 and "does not exist" in text:
-        return NotFound(f"model '{model}' not found")
-    if exc.status == 400 and is_context_overflow(text):
-        return context_overflow(endpoint)
-    if exc.status == 400 and ("tool" in text and ("auto" in text or "parser" in text)):
-        return BadRequest(f"{model} does not support tools")
-    return exc
-
-
 async def generate(request: web.Request) -> web.StreamResponse:
     t0 = time.time_ns()
     req = decode_generate(await request.read())
-    target, overrides = await _resolve(request, "generate", req.model or "")
+    target, overrides = await route(request, "generate", req.model or "")
     system, params = _defaults(target, overrides)
     if system and not req.system and not req.raw:
         req.system = system
@@ -148,7 +106,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
 async def chat(request: web.Request) -> web.StreamResponse:
     t0 = time.time_ns()
     req = decode_chat(await request.read())
-    target, overrides = await _resolve(request, "chat", req.model or "")
+    target, overrides = await route(request, "chat", req.model or "")
     system, params = _defaults(target, overrides)
     if system and req.messages and req.messages[0].role != "system":
         req.messages.insert(0, Message(role="system", content=system))
@@ -186,56 +144,44 @@ async def _run_stream(request: web.Request, target: Target, path: str, body: dic
                       acc: StreamAccumulator) -> web.StreamResponse:
     url = target.server_url() + path
     headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
-    try:
-        upstream = await post(target.session, url, _encode(body), headers)
-    except VllamaError as exc:
-        raise _map_upstream(exc, request.get(MODEL, ""),
-                            "chat" if acc.chat else "generate") from None
-    acc.upstream_sent()
-    decoder = SSEDecoder()
+    endpoint: Endpoint = "chat" if acc.chat else "generate"
     out: web.StreamResponse | None = None
     pending: list[bytes] = []
-    read = upstream.content.readany
     try:
-        # One read may carry several SSE events: translate them all, then write the lines
-        # with one write (a send() per line was the relay's largest cost). The read that
-        # ends the stream is written together with the final line and the end of the body.
-        while True:
-            try:
-                data = await read()
-            except STREAM_ERRORS as exc:
-                raise stream_broke(exc) from None
-            if not data:  # the connection ended without [DONE]: the engine went away
+        async with post(target.session, url, _encode(body), headers) as upstream:
+            acc.upstream_sent()
+            decoder = SSEDecoder()
+            # One read may carry several SSE events: translate them all, then write the lines
+            # with one write (a send() per line was the relay's largest cost). The read that
+            # ends the stream is written together with the final line and the end of the body.
+            async for data in upstream.chunks():
+                for event in decoder.feed(data):
+                    line = acc.feed(event)
+                    if line is not None:
+                        pending.append(line)
+                if decoder.done:
+                    break
+                if pending:
+                    if out is None:
+                        out = await _start(request, target, acc)
+                    await out.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                    pending.clear()
+            else:  # the body ended without [DONE]: the engine went away
                 raise EngineDied(RUNNER_STOPPED)
-            for event in decoder.feed(data):
-                line = acc.feed(event)
-                if line is not None:
-                    pending.append(line)
-            if decoder.done:
-                break
-            if pending:
-                if out is None:
-                    out = await _start(request, target, acc)
-                await out.write(pending[0] if len(pending) == 1 else b"".join(pending))
-                pending.clear()
+            upstream.finished = True  # [DONE] is the end of a vLLM stream
         final = acc.finish()
-    except (ConnectionResetError, asyncio.CancelledError):
-        upstream.close()  # the client left: drop the upstream connection so vLLM aborts
-        raise
     except VllamaError as exc:
-        upstream.close()
-        if out is None and pending:  # lines translated before an error event still go out
+        if out is None and not pending:  # nothing sent yet: the real status, Ollama's words
+            raise map_upstream_error(exc, request.get(MODEL, ""), endpoint) from None
+        if out is None:  # lines translated before an error event still go out
             out = _ndjson()
             await out.prepare(request)
-        if out is None:
-            raise
         if pending:
             await out.write(b"".join(pending))
         await _write_error(out, exc.message)
         return out
     finally:
         request[TOKENS] = (acc.prompt_tokens or 0, acc.completion_tokens or 0)
-        upstream.release()
     if not acc.stream:
         return _json(final)
     if out is None and pending:
@@ -261,39 +207,35 @@ async def _write_error(out: web.StreamResponse, message: str) -> None:
     try:
         await out.write(error_line(message))
         await out.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+    except ConnectionResetError:  # the client left while we told it why
         pass
 
 
-async def _post_json(request: web.Request, target: Target, body: dict[str, Any]) -> bytes:
+async def _post_json(request: web.Request, target: Target, body: dict[str, Any],
+                     endpoint: Endpoint) -> bytes:
     url = target.server_url() + EMBEDDINGS_PATH
     headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
     try:
-        upstream = await post(target.session, url, _encode(body), headers)
-    except VllamaError as exc:
-        if exc.status == 404 and "not found" in exc.message.lower():
-            raise BadRequest(f'"{request.get(MODEL, "")}" does not support embeddings') \
-                from None
-        raise _map_upstream(exc, request.get(MODEL, ""), "embed") from None
-    try:
-        return await upstream.read()
-    except STREAM_ERRORS:
+        async with post(target.session, url, _encode(body), headers) as upstream:
+            return await upstream.read()
+    except EngineDied:
         raise EngineDied("model runner has unexpectedly stopped while embedding") from None
-    finally:
-        upstream.release()
+    except VllamaError as exc:
+        raise map_upstream_error(exc, request.get(MODEL, ""), endpoint) from None
 
 
 async def embed(request: web.Request) -> web.Response:
     t0 = time.time_ns()
     req = decode_embed(await request.read())
-    target, _ = await _resolve(request, "embed", req.model or "")
+    target, _ = await route(request, "embed", req.model or "")
     inputs = embed_inputs(req.input)
     if not inputs:
         target.base_url()
         return _json(embed_empty_reply(req.model or ""))
     body = embed_to_openai(req, target.upstream_model, inputs)
     t_up = time.time_ns()
-    vectors, prompt_tokens = vectors_from_openai(await _post_json(request, target, body))
+    vectors, prompt_tokens = vectors_from_openai(
+        await _post_json(request, target, body, "embed"))
     request[TOKENS] = (prompt_tokens, 0)
     return _json(embed_reply(req.model or "", vectors, dimensions=req.dimensions,
                              prompt_eval_count=prompt_tokens,
@@ -302,12 +244,13 @@ async def embed(request: web.Request) -> web.Response:
 
 async def embeddings(request: web.Request) -> web.Response:
     req = decode_embeddings(await request.read())
-    target, _ = await _resolve(request, "embeddings", req.model or "")
+    target, _ = await route(request, "embeddings", req.model or "")
     if not req.prompt:
         target.base_url()
         return _json(embeddings_empty_reply())
     body = embeddings_to_openai(req, target.upstream_model)
-    vectors, prompt_tokens = vectors_from_openai(await _post_json(request, target, body))
+    vectors, prompt_tokens = vectors_from_openai(
+        await _post_json(request, target, body, "embeddings"))
     request[TOKENS] = (prompt_tokens, 0)
     if not vectors:
         raise EngineDied("upstream returned no embedding")

@@ -4,13 +4,12 @@ client uses differs from the id the upstream knows."""
 
 from __future__ import annotations
 
-import aiohttp
 import msgspec
 from aiohttp import web
 
-from vllama.errors import BadRequest, NotFound, UpstreamError
-from vllama.gateway.keys import MODEL, REQUEST_ID
-from vllama.gateway.targets import ROUTER, Target
+from vllama.errors import BadRequest, EngineDied, NotFound
+from vllama.gateway.keys import REQUEST_ID
+from vllama.gateway.targets import ROUTER, Target, route
 from vllama.upstream import post
 
 _encode = msgspec.json.Encoder().encode
@@ -27,17 +26,17 @@ _DROP = frozenset({"content-length", "transfer-encoding", "connection", "keep-al
                    "content-encoding", "server", "date"})
 
 
-def _target(request: web.Request, body: bytes) -> tuple[Target, bytes]:
+async def _target(request: web.Request, body: bytes) -> tuple[Target, bytes]:
     try:
         requested = _decode_model(body).model if body else ""
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadRequest(f"invalid request body: {exc}") from None
     if not requested:
         raise BadRequest("you must provide a model parameter")
-    target = request.app[ROUTER].resolve(requested)
-    if target is None:
-        raise NotFound(f"model '{requested}' not found")
-    request[MODEL] = target.name
+    try:
+        target, _ = await route(request, "generate", requested)
+    except (BadRequest, NotFound):
+        raise NotFound(f"model '{requested}' not found") from None
     if requested != target.upstream_model:
         doc = msgspec.json.decode(body)
         doc["model"] = target.upstream_model
@@ -47,31 +46,28 @@ def _target(request: web.Request, body: bytes) -> tuple[Target, bytes]:
 
 async def relay(request: web.Request) -> web.StreamResponse:
     body = await request.read()
-    target, body = _target(request, body)
+    target, body = await _target(request, body)
     url = target.base_url() + request.path[len("/v1"):]
     headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
-    upstream = await post(target.session, url, body, headers)
-    try:
+    async with post(target.session, url, body, headers) as upstream:
         out = web.StreamResponse(status=upstream.status)
         for key, value in upstream.headers.items():
             if key.lower() not in _DROP:
                 out.headers[key] = value
         await out.prepare(request)
+        sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 await out.write(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        except EngineDied as exc:
+            if not sse:
+                raise
             # Headers are gone; an SSE client still learns why the stream ended.
-            if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
-                msg = _encode({"error": {"message": f"upstream stream broke: {exc}",
-                                         "type": "api_error", "code": 500}})
-                await out.write(b"data: " + msg + b"\n\n")
-            else:
-                raise UpstreamError(f"upstream stream broke: {exc}") from None
+            msg = _encode({"error": {"message": exc.message, "type": "api_error",
+                                     "code": 500}})
+            await out.write(b"data: " + msg + b"\n\n")
         await out.write_eof()
         return out
-    finally:
-        upstream.release()
 
 
 def _model_entry(target: Target) -> dict[str, object]:
@@ -87,9 +83,10 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    target = request.app[ROUTER].resolve(name)
-    if target is None:
-        raise NotFound(f"model '{name}' not found")
+    try:
+        target, _ = await route(request, "generate", name)
+    except (BadRequest, NotFound):
+        raise NotFound(f"model '{name}' not found") from None
     return web.Response(body=_encode(_model_entry(target)), content_type="application/json")
 
 

@@ -26,7 +26,7 @@ import msgspec
 from vllama.config import client_url
 from vllama.errors import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, VllamaError
 from vllama.models.names import InvalidName
-from vllama.models.store import ModelStore, store_from_config
+from vllama.models.store import ModelStore
 
 
 @dataclass
@@ -51,7 +51,7 @@ def context_from_config(loaded: Any, out: IO[str] | None = None,
     cfg = loaded.config
 
     def factory() -> ModelStore:
-        return store_from_config(cfg, loaded.runtime)
+        return ModelStore.from_config(cfg, loaded.runtime)
 
     return CliContext(store_factory=factory, base_url=client_url(cfg.host, cfg.port),
                       api_key=cfg.api_key, out=out or sys.stdout, err=err or sys.stderr)
@@ -223,7 +223,7 @@ def cmd_list(ctx: CliContext, prefix: str = "", *, json_mode: bool = False,
              quiet: bool = False) -> int:
     models = [m for m in ctx.store.list_models() if m.name.lower().startswith(prefix.lower())]
     if json_mode:
-        _print_json(ctx, {"models": [m.tag_entry() for m in models]})
+        _print_json(ctx, {"models": [ctx.store.tag_entry(m) for m in models]})
         return EXIT_OK
     if quiet:
         for m in models:
@@ -269,7 +269,7 @@ def _show_text(body: dict[str, Any]) -> str:
 def cmd_show(ctx: CliContext, name: str, *, json_mode: bool = False, quiet: bool = False,
              field_name: str = "") -> int:
     try:
-        body = ctx.store.show(name, allow_paths=True)
+        body: dict[str, Any] = msgspec.to_builtins(ctx.store.show(name, allow_paths=True))
     except VllamaError as exc:
         return _error(ctx, exc)
     if json_mode:

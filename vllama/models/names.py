@@ -1,10 +1,16 @@
-"""Ollama-style model names <-> Hugging Face repo ids and local directories. Pure: no I/O.
+"""Model names: Ollama's grammar, the forms names are shown in, and the one resolver. Pure.
 
-Resolution order (first match wins): aliases from the config file, aliases made with
-`vllama cp`/`create` (state dir), the built-in table (`aliases.py`), HF repo ids (`org/name`,
-`:latest` accepted, matched case-insensitively against what the cache holds), and absolute
-local directories. Names are validated first so nothing a client sends can walk out of the
-cache (`..`, backslashes, NUL, absolute paths where a repo id is expected).
+Resolution order (first match wins): the names of configured models (so a vLLM id such as
+`org.x/Model` that Ollama's grammar refuses still works), aliases from the config file,
+aliases made with `vllama cp`/`create` (state dir), the built-in table (`aliases.py`), HF repo
+ids (`org/name`, `:latest` accepted, matched case-insensitively against what the cache holds),
+and absolute local directories. A source that a configured model serves resolves to that
+configured model, so every name for the same weights reaches the same engine. Names are
+validated first so nothing a client sends can walk out of the cache (`..`, backslashes, NUL,
+absolute paths where a repo id is expected).
+
+Names compare the way Ollama compares them: case-insensitively, with `:latest` implied
+(`normalize`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from vllama.config import ModelConfig
 from vllama.errors import BadRequest
 from vllama.models.aliases import BUILTIN_ALIASES
 
@@ -30,7 +37,8 @@ _HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}")
 # Hugging Face repo ids: `org/name`, each part word chars, `.` and `-`, at most 96 characters.
 _REPO_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
 
-Kind = Literal["config", "user", "builtin", "repo", "path"]
+# "served": the name of a configured model; the rest say which table an alias came from.
+Kind = Literal["served", "config", "user", "builtin", "repo", "path"]
 
 
 class InvalidName(BadRequest):
@@ -43,10 +51,19 @@ class InvalidName(BadRequest):
 
 @dataclass(frozen=True)
 class OllamaName:
+    """Go's ParseName: defaults filled in; a part the user wrote empty (`a//b`, `x:`) is `!`,
+    which no part grammar accepts."""
+
     host: str
     namespace: str
     model: str
     tag: str
+
+    @property
+    def valid(self) -> bool:
+        return bool(_MODEL_RE.fullmatch(self.model) and _TAG_RE.fullmatch(self.tag)
+                    and _NAMESPACE_RE.fullmatch(self.namespace)
+                    and _HOST_RE.fullmatch(self.host))
 
     def display(self) -> str:
         """Ollama's DisplayShortest: default host and namespace dropped, tag always shown."""
@@ -56,56 +73,50 @@ class OllamaName:
             return f"{self.namespace}/{self.model}:{self.tag}"
         return f"{self.model}:{self.tag}"
 
-
-@dataclass(frozen=True)
-class Resolved:
-    """What a name stands for. `name` is the display name (explicit tag); `source` is a repo id
-    spelled as the cache spells it, or an absolute directory."""
-
-    name: str
-    source: str
-    kind: Kind
-
-    @property
-    def is_path(self) -> bool:
-        return self.source.startswith("/")
+    def full(self) -> str:
+        return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
 
 
-def split_tag(name: str) -> tuple[str, str | None]:
-    """The last `:` after the last `/` starts the tag."""
-    slash = name.rfind("/")
+def split_tag(name: str) -> tuple[str, str]:
+    """(base, tag): the tag starts at the last `:` after the last `/`; "" when there is none."""
     colon = name.rfind(":")
-    if colon > slash:
+    if colon > name.rfind("/"):
         return name[:colon], name[colon + 1 :]
-    return name, None
+    return name, ""
 
 
-def parse_ollama(name: str) -> OllamaName | None:
-    """Parse `[host/][namespace/]model[:tag]` with Ollama's rules, or None when Ollama would
-    call it invalid."""
-    base, tag = split_tag(name)
-    if tag is None:
-        tag = DEFAULT_TAG
-    parts = base.split("/")
-    if len(parts) > 3 or not _TAG_RE.fullmatch(tag):
-        return None
+def parse_name(name: str) -> OllamaName:
+    """Parse `[scheme://][host/][namespace/]model[:tag]` as Go's ParseName does."""
+    rest, tag = split_tag(name)
+    if rest != name and tag == "":
+        tag = "!"
     host, namespace = DEFAULT_HOST, DEFAULT_NAMESPACE
-    if len(parts) == 3:
-        host, namespace, model = parts
-    elif len(parts) == 2:
-        namespace, model = parts
+    slash = rest.rfind("/")
+    if slash < 0:
+        model = rest
     else:
-        (model,) = parts
-    if not (_HOST_RE.fullmatch(host) and _NAMESPACE_RE.fullmatch(namespace)
-            and _MODEL_RE.fullmatch(model)):
-        return None
-    return OllamaName(host, namespace, model, tag)
+        model = rest[slash + 1 :] or "!"
+        rest = rest[:slash] or "!"
+        slash = rest.rfind("/")
+        if slash < 0:
+            namespace = rest
+        else:
+            namespace = rest[slash + 1 :] or "!"
+            host = rest[:slash] or "!"
+            if "://" in host:
+                host = host.split("://", 1)[1]
+    return OllamaName(host, namespace, model, tag or DEFAULT_TAG)
+
+
+def is_valid_name(name: str) -> bool:
+    """Ollama's model-name validation (§1.4 table)."""
+    return bool(name) and parse_name(name).valid
 
 
 def repo_id_of(name: str) -> str | None:
     """`org/name` or `org/name:latest` -> `org/name`; None if it is no valid HF repo id."""
     base, tag = split_tag(name)
-    if tag is not None and tag.lower() != DEFAULT_TAG:
+    if base != name and tag.lower() != DEFAULT_TAG:
         return None
     parts = base.split("/")
     if len(parts) != 2 or not all(_REPO_PART_RE.fullmatch(p) for p in parts):
@@ -113,6 +124,30 @@ def repo_id_of(name: str) -> str | None:
     if any(".." in p or "--" in p or p.endswith(".") for p in parts):
         return None
     return base
+
+
+def display_name(name: str) -> str:
+    """The name as listed, with an explicit tag: `qwen2.5` -> `qwen2.5:latest`,
+    `Org/Name` -> `Org/Name:latest`, `registry.ollama.ai/library/m` -> `m:latest`. A name
+    outside Ollama's grammar (a vLLM id like `org.x/Model`) keeps its spelling plus the tag;
+    directories are shown as they are."""
+    if name.startswith("/"):
+        return name
+    parsed = parse_name(name)
+    if parsed.valid:
+        return parsed.display()
+    base, tag = split_tag(name)
+    return f"{base}:{tag or DEFAULT_TAG}"
+
+
+def full_name(name: str) -> str:
+    """`registry.ollama.ai/library/x:latest`, as in `... does not support insert`."""
+    return parse_name(name).full()
+
+
+def normalize(name: str) -> str:
+    """The key names are compared by (Ollama compares with EqualFold, `:latest` implied)."""
+    return display_name(name).lower()
 
 
 def _unsafe(name: str) -> bool:
@@ -132,34 +167,56 @@ def validate(name: str, *, allow_paths: bool = False) -> None:
         if allow_paths:
             return
         raise InvalidName(name)
-    if parse_ollama(name) is None and repo_id_of(name) is None:
+    if not parse_name(name).valid and repo_id_of(name) is None:
         raise InvalidName(name)
 
 
-def normalize(name: str) -> str:
-    """The lookup key for alias tables: display form, lower-case (Ollama compares names with
-    EqualFold)."""
-    parsed = parse_ollama(name)
-    if parsed is not None:
-        return parsed.display().lower()
-    base, tag = split_tag(name)
-    return f"{base}:{tag or DEFAULT_TAG}".lower()
+@dataclass(frozen=True)
+class Resolved:
+    """What a name stands for. `name` is the name as listed (explicit tag); `source` is a repo
+    id spelled as the cache spells it, an absolute directory, or "" for a remote upstream;
+    `served` is the configured model that serves it (None: a local model no entry in the
+    config names)."""
+
+    name: str
+    source: str
+    kind: Kind
+    served: ModelConfig | None = None
+
+    @property
+    def is_path(self) -> bool:
+        return self.source.startswith("/")
 
 
-def display_name(name: str) -> str:
-    """Ollama-style name with explicit tag: `qwen2.5` -> `qwen2.5:latest`,
-    `Org/Name` -> `Org/Name:latest`. Directories are shown as they are."""
-    if name.startswith("/"):
-        return name
-    parsed = parse_ollama(name)
-    if parsed is not None:
-        return parsed.display()
-    base, tag = split_tag(name)
-    return f"{base}:{tag or DEFAULT_TAG}"
+class ServedIndex:
+    """The configured models by normalized name and by source: built once per config, read on
+    every request without I/O."""
+
+    def __init__(self, models: Iterable[ModelConfig]) -> None:
+        self.models = tuple(models)
+        self.by_name = {normalize(m.name): m for m in self.models}
+        self.by_source: dict[str, ModelConfig] = {}
+        for m in self.models:
+            if m.source:
+                self.by_source.setdefault(m.source.rstrip("/").lower(), m)
+
+    def named(self, name: str) -> ModelConfig | None:
+        return self.by_name.get(normalize(name))
+
+    def serving(self, source: str) -> ModelConfig | None:
+        """The configured model whose source is `source`, or whose name `source` is (an alias
+        whose target is a served name)."""
+        return self.by_source.get(source.rstrip("/").lower()) or self.named(source)
 
 
-def repo_display(repo_id: str) -> str:
-    return f"{repo_id}:{DEFAULT_TAG}"
+def resolve_served(name: str, served: ServedIndex) -> Resolved | None:
+    """The first step of `resolve`, which needs no I/O: a configured model's own name."""
+    if _unsafe(name):
+        raise InvalidName(name)
+    model = served.named(name)
+    if model is None:
+        return None
+    return Resolved(display_name(model.name), model.source, "served", model)
 
 
 def _alias_lookup(table: Mapping[str, str], key: str) -> tuple[str, str] | None:
@@ -179,7 +236,7 @@ def _match_repo(repo: str, cached: Iterable[str]) -> str:
 
 def _target(source: str, cached: Iterable[str]) -> str:
     """An alias's source may itself be a built-in name (`chat = "qwen2.5:7b"`): follow it one
-    step so the result is always a repo id or a directory."""
+    step so the result is always a repo id, a directory or a served name."""
     if source.startswith("/"):
         return source
     builtin = BUILTIN_ALIASES.get(normalize(source))
@@ -189,26 +246,42 @@ def _target(source: str, cached: Iterable[str]) -> str:
     return _match_repo(repo, cached) if repo is not None else source
 
 
-def resolve(name: str, *, config_aliases: Mapping[str, str] | None = None,
+def resolve(name: str, *, served: ServedIndex | None = None,
+            config_aliases: Mapping[str, str] | None = None,
             user_aliases: Mapping[str, str] | None = None, cached_repos: Iterable[str] = (),
             allow_paths: bool = False) -> Resolved | None:
     """Resolve `name` in vllama's order, or None when nothing matches. Raises InvalidName for
     a name that must never be looked up."""
+    index = served or ServedIndex(())
+    hit = resolve_served(name, index)
+    if hit is not None:
+        return hit
     validate(name, allow_paths=allow_paths)
     cached = list(cached_repos)
+    found: Resolved | None = None
     if name.startswith("/"):
-        return Resolved(name.rstrip("/") or "/", name.rstrip("/") or "/", "path")
-    key = normalize(name)
-    for kind, table in (("config", config_aliases), ("user", user_aliases)):
-        hit = _alias_lookup(table or {}, key)
-        if hit is not None:
-            shown, source = hit
-            return Resolved(shown, _target(source, cached), kind)  # type: ignore[arg-type]
-    builtin = BUILTIN_ALIASES.get(key)
-    if builtin is not None:
-        return Resolved(key, _match_repo(builtin, cached), "builtin")
-    repo = repo_id_of(name)
-    if repo is not None:
-        spelled = _match_repo(repo, cached)
-        return Resolved(repo_display(spelled), spelled, "repo")
-    return None
+        path = name.rstrip("/") or "/"
+        found = Resolved(path, path, "path")
+    else:
+        key = normalize(name)
+        for kind, table in (("config", config_aliases), ("user", user_aliases)):
+            alias = _alias_lookup(table or {}, key)
+            if alias is not None:
+                shown, source = alias
+                found = Resolved(shown, _target(source, cached), kind)  # type: ignore[arg-type]
+                break
+        if found is None:
+            builtin = BUILTIN_ALIASES.get(key)
+            if builtin is not None:
+                found = Resolved(key, _match_repo(builtin, cached), "builtin")
+        if found is None:
+            repo = repo_id_of(name)
+            if repo is not None:
+                spelled = _match_repo(repo, cached)
+                found = Resolved(display_name(spelled), spelled, "repo")
+    if found is None:
+        return None
+    model = index.serving(found.source)
+    if model is not None:
+        return Resolved(found.name, model.source, found.kind, model)
+    return found

@@ -34,11 +34,11 @@ import msgspec
 from vllama.errors import BadRequest, NotFound, UpstreamError, VllamaError
 from vllama.models import cache
 from vllama.models.cache import Snapshot
+from vllama.translate.models import PULL_NOT_FOUND as NOT_FOUND
 
 if TYPE_CHECKING:
     from vllama.models.store import ModelStore
 
-NOT_FOUND = "pull model manifest: file does not exist"  # the Ollama CLI matches this text
 PROGRESS_INTERVAL = 0.2
 HASH_CHUNK = 4 * 1024 * 1024
 
@@ -243,8 +243,14 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[dict[str, Any], N
     `{"error": ...}` line)."""
     resolved = store.resolve(name)  # raises InvalidName before anything is sent
     yield {"status": "pulling manifest"}
+    if resolved is not None and resolved.kind == "served":
+        # A configured model's name needs no download (`ollama run` and Open WebUI pull
+        # before they chat).
+        yield {"status": "success"}
+        return
     if resolved is None:
         raise NotFound(NOT_FOUND, status=500)
+    cache_dir = store.cache
     if resolved.is_path:
         if store.find(name, allow_paths=True) is None:
             raise NotFound(NOT_FOUND, status=500)
@@ -273,7 +279,7 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[dict[str, Any], N
         files.append(_File(path=n, total=sibling.size or 0, lfs_sha256=lfs_sha,
                            blob_id=sibling.blob_id,
                            digest=_digest_of(n, lfs_sha, sibling.blob_id, repo)))
-    repo_dir = store.cache_dir / cache.repo_folder(repo)
+    repo_dir = cache_dir / cache.repo_folder(repo)
     snap = Snapshot(repo, info.sha, repo_dir / "snapshots" / info.sha, repo_dir)
     await asyncio.to_thread(_start, snap)
     # aclosing: if our consumer goes away, the downloads stop now, not whenever the garbage
@@ -305,7 +311,7 @@ async def _download_all(store: ModelStore, repo: str, snap: Snapshot,
                 # hf_hub_download calls tqdm_class(**kwargs) for classes that are not its own
                 # tqdm, so a factory of _Sink works as the progress hook.
                 hf_hub_download(repo, file.path, revision=snap.commit,
-                                cache_dir=str(store.cache_dir), token=store.token,
+                                cache_dir=str(store.cache), token=store.token,
                                 endpoint=store.endpoint, tqdm_class=sink)
 
             await asyncio.to_thread(download)

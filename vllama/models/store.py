@@ -1,16 +1,18 @@
-"""ModelStore: the one object the gateway and the CLI use for models on this machine. It joins
-names (names.py), the HF cache (cache.py), what model files say (info.py), vllama's own aliases
-(state.py) and pulling (pull.py).
+"""ModelStore: the one object the gateway and the CLI ask about models. It joins the configured
+models, names (names.py), the HF cache (cache.py), what model files say (facts.py), vllama's
+own aliases (state.py) and pulling (pull.py), so a name means the same model everywhere.
 
 Methods doing file I/O are synchronous and cheap (stat calls and small JSON files); the gateway
-runs them with `asyncio.to_thread`. `pull` is an async iterator of Ollama progress objects.
+runs them with `asyncio.to_thread`, except `resolve_served`, which does no I/O. `pull` is an
+async iterator of Ollama progress objects.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,20 +20,27 @@ from typing import Any
 
 import msgspec
 
+from vllama.config import Config, ModelConfig, Runtime
 from vllama.errors import BadRequest, NotFound
-from vllama.models import cache, info
+from vllama.models import cache, facts
+from vllama.models.facts import ModelFiles
 from vllama.models.names import (
     InvalidName,
     Resolved,
+    ServedIndex,
     display_name,
-    parse_ollama,
-    repo_display,
+    normalize,
+    parse_name,
     resolve,
+    resolve_served,
     validate,
 )
 from vllama.models.state import AliasStore, UserAlias
-from vllama.wire.ollama import ListModel as TagEntry
-from vllama.wire.ollama import ModelDetails
+from vllama.translate.request import ModelCaps
+from vllama.wire.ollama import ListModel, ModelDetails, ShowResponse
+
+NO_STORE = ("model management is not available: vllama runs without a model cache or state "
+            "directory (set models_dir and state_dir)")
 
 
 def hub_cache_dir(models_dir: str | Path) -> Path:
@@ -55,20 +64,22 @@ class Overrides(msgspec.Struct, kw_only=True, frozen=True):
 
 @dataclass(frozen=True)
 class LocalModel:
-    """A model present on this machine under one name."""
+    """A model under one of its names, with what its files say."""
 
     name: str  # display name with tag
-    source: str  # repo id or absolute directory
-    path: Path  # the directory vLLM loads (snapshot or local dir)
+    source: str  # repo id, absolute directory, or "" (a remote upstream)
+    path: Path | None  # the directory vLLM loads (snapshot or local dir); None: not on disk
     kind: str  # names.Kind
     size: int
     digest: str
     modified: float
-    details: ModelDetails
+    files: ModelFiles
+    model: ModelConfig  # the configured model, or what serving this source would use
+    served: bool  # a configured model serves it
 
-    def tag_entry(self) -> TagEntry:
-        return TagEntry(name=self.name, model=self.name, modified_at=rfc3339(self.modified),
-                        size=self.size, digest=self.digest, details=self.details)
+    @property
+    def details(self) -> ModelDetails:
+        return facts.details(self.files)
 
 
 @dataclass(frozen=True)
@@ -78,38 +89,72 @@ class _Present:
     size: int
     digest: str
     modified: float
-    details: ModelDetails
     pulled_as: tuple[str, ...]
 
 
 class ModelStore:
-    def __init__(self, cache_dir: Path, state_dir: Path, *, token: str | None = None,
-                 endpoint: str | None = None, config_aliases: Mapping[str, str] | None = None,
-                 max_workers: int = 4) -> None:
-        """cache_dir: the hub cache (`hub_cache_dir(config.models_dir)`); state_dir: vllama's
-        state dir (aliases.json); token/endpoint: HF_TOKEN/HF_ENDPOINT as config read them
-        (None: huggingface_hub's own defaults); config_aliases: `Config.aliases`."""
+    def __init__(self, cache_dir: Path | None, state_dir: Path | None, *,
+                 models: Sequence[ModelConfig] = (), common_args: Sequence[str] = (),
+                 token: str | None = None, endpoint: str | None = None,
+                 config_aliases: Mapping[str, str] | None = None, max_workers: int = 4) -> None:
+        """cache_dir: the hub cache (`hub_cache_dir(config.models_dir)`), None for none;
+        state_dir: vllama's state dir (aliases.json), None for none; models: the configured
+        models; common_args: the config's global vllm_args; token/endpoint: HF_TOKEN /
+        HF_ENDPOINT as config read them (None: huggingface_hub's own defaults)."""
         self.cache_dir = cache_dir
         self.state_dir = state_dir
+        self.served = ServedIndex(models)
+        self.common_args = tuple(common_args)
         self.token = token or None
         self.endpoint = endpoint.rstrip("/") if endpoint else None
         self.config_aliases = dict(config_aliases or {})
         self.max_workers = max_workers
-        self.user_aliases = AliasStore(state_dir)
-        # (path, digest) -> details: reading safetensors headers on every /api/tags is wasteful.
-        self._details: dict[tuple[Path, str], ModelDetails] = {}
+        self.user_aliases = AliasStore(state_dir) if state_dir is not None else None
+        self.started = time.time()
+        # (path, digest) -> facts: reading safetensors headers on every /api/tags is wasteful.
+        self._files: dict[tuple[Path, str], ModelFiles] = {}
+
+    @classmethod
+    def from_config(cls, config: Config, runtime: Runtime | None = None) -> ModelStore:
+        """The store over a Config's models, cache and state dirs (the daemon's and the
+        CLI's); an empty models_dir or state_dir means none (Config() in tests)."""
+        return cls(hub_cache_dir(config.models_dir) if config.models_dir else None,
+                   Path(config.state_dir) if config.state_dir else None,
+                   models=config.models, common_args=config.vllm_args,
+                   token=(runtime.hf_token or None) if runtime else None,
+                   endpoint=(runtime.hf_endpoint or None) if runtime else None,
+                   config_aliases=dict(config.aliases))
+
+    @property
+    def cache(self) -> Path:
+        """The hub cache (BadRequest saying what to set when this store has none)."""
+        if self.cache_dir is None:
+            raise BadRequest(NO_STORE)
+        return self.cache_dir
 
     # ------------------------------------------------------------------ names
 
+    def resolve_served(self, name: str) -> Resolved | None:
+        """A configured model's own name, without I/O (the gateway's fast path)."""
+        return resolve_served(name, self.served)
+
     def resolve(self, name: str, *, allow_paths: bool = False) -> Resolved | None:
         """Resolve a name (raises InvalidName); None if nothing matches."""
-        users = {a.name: a.source for a in self.user_aliases.load()}
-        return resolve(name, config_aliases=self.config_aliases, user_aliases=users,
-                       cached_repos=cache.cached_repo_ids(self.cache_dir),
+        users = {a.name: a.source for a in self._aliases()}
+        return resolve(name, served=self.served, config_aliases=self.config_aliases,
+                       user_aliases=users, cached_repos=self._cached_repo_ids(),
                        allow_paths=allow_paths)
+
+    def _aliases(self) -> list[UserAlias]:
+        return self.user_aliases.load() if self.user_aliases is not None else []
+
+    def _cached_repo_ids(self) -> list[str]:
+        return cache.cached_repo_ids(self.cache_dir) if self.cache_dir is not None else []
 
     def overrides_for(self, name: str) -> Overrides | None:
         """Defaults made with `/api/create` (or carried over by cp) for `name`, if any."""
+        if self.user_aliases is None:
+            return None
         try:
             validate(name)
         except InvalidName:
@@ -120,107 +165,190 @@ class ModelStore:
         return Overrides(system=alias.system, parameters=dict(alias.parameters),
                          template=alias.template)
 
+    # ------------------------------------------------------------------ facts
+
+    def files_for(self, path: Path | None, digest: str = "") -> ModelFiles:
+        if path is None:
+            return facts.NO_FILES
+        key = (path, digest or cache.dir_digest(path))
+        found = self._files.get(key)
+        if found is None:
+            found = self._files[key] = facts.read_files(path)
+        return found
+
+    def engine_args(self, model: ModelConfig) -> tuple[str, ...]:
+        return facts.engine_args(model, self.common_args)
+
+    def capabilities(self, found: LocalModel) -> ModelCaps:
+        return facts.capabilities(found.files, found.model, self.engine_args(found.model))
+
+    def context_length(self, found: LocalModel) -> int:
+        return facts.context_length(found.files, self.engine_args(found.model))
+
     # ------------------------------------------------------------------ presence
 
     def _present_repo(self, repo_id: str) -> _Present | None:
+        if self.cache_dir is None:
+            return None
         snap = cache.current_snapshot(self.cache_dir, repo_id)
         if snap is None or not cache.is_complete(snap):
             return None
-        digest = cache.snapshot_digest(snap.path)
         pulled_as: tuple[str, ...] = ()
-        marker = info.read_json(snap.complete_marker)
+        marker = facts.read_json(snap.complete_marker)
         if isinstance(marker.get("names"), list):
             pulled_as = tuple(str(n) for n in marker["names"])
-        return _Present(repo_id, snap.path, cache.snapshot_size(snap.path), digest,
-                        cache.modified_time(snap), self._details_for(snap.path, digest),
-                        pulled_as)
+        return _Present(repo_id, snap.path, cache.snapshot_size(snap.path),
+                        cache.snapshot_digest(snap.path), cache.modified_time(snap), pulled_as)
 
     def _present_dir(self, path: Path) -> _Present | None:
         if not (path / "config.json").is_file():
             return None
-        digest = cache.dir_digest(path)
         size = sum(f.stat().st_size for f in cache.snapshot_files(path) if f.is_file())
-        return _Present(str(path), path, size, digest, (path / "config.json").stat().st_mtime,
-                        self._details_for(path, digest), ())
+        return _Present(str(path), path, size, cache.dir_digest(path),
+                        (path / "config.json").stat().st_mtime, ())
 
     def _present(self, source: str) -> _Present | None:
+        if not source:
+            return None
         if source.startswith("/"):
             return self._present_dir(Path(source))
         return self._present_repo(source)
 
-    def _details_for(self, path: Path, digest: str) -> ModelDetails:
-        key = (path, digest)
-        if key not in self._details:
-            self._details[key] = info.details(path)
-        return self._details[key]
+    def _local(self, name: str, kind: str, present: _Present | None,
+               model: ModelConfig | None) -> LocalModel:
+        served = model is not None
+        model = model or ModelConfig(name=name, source=present.source if present else "")
+        if present is None:  # a configured model whose files are not here (or remote)
+            basis = f"{model.name}\0{model.source}\0{model.upstream}"
+            return LocalModel(name, model.source, None, kind, 0,
+                              hashlib.sha256(basis.encode()).hexdigest(), self.started,
+                              facts.NO_FILES, model, served)
+        return LocalModel(name, present.source, present.path, kind, present.size,
+                          present.digest, present.modified,
+                          self.files_for(present.path, present.digest), model, served)
 
     def find(self, name: str, *, allow_paths: bool = False) -> LocalModel | None:
-        """The model `name` stands for if it is complete on this machine (raises InvalidName)."""
+        """The model `name` stands for: a configured model (its files if they are here), or a
+        local model complete on this machine. Raises InvalidName."""
         resolved = self.resolve(name, allow_paths=allow_paths)
         if resolved is None:
             return None
         present = self._present(resolved.source)
-        if present is None:
+        if present is None and resolved.served is None:
             return None
-        return _local(resolved.name, resolved.kind, present)
-
-    def local_path(self, name: str, *, allow_paths: bool = False) -> Path | None:
-        """The directory to hand to `vllm serve` for `name`, if present."""
-        found = self.find(name, allow_paths=allow_paths)
-        return found.path if found else None
+        return self._local(resolved.name, resolved.kind, present, resolved.served)
 
     def list_models(self) -> list[LocalModel]:
-        """Every complete model under every name it answers to, newest first."""
+        """Every model under every name it answers to, newest first: the configured models,
+        the complete repos in the cache, and the aliases of either."""
         models: dict[str, LocalModel] = {}
+        for model in self.served.models:
+            found = self._local(display_name(model.name), "served",
+                                self._present(model.source), model)
+            models.setdefault(normalize(found.name), found)
         by_source: dict[str, _Present] = {}
-        for repo_id in cache.cached_repo_ids(self.cache_dir):
+        for repo_id in self._cached_repo_ids():
             present = self._present_repo(repo_id)
             if present is None:
                 continue
             by_source[repo_id.lower()] = present
-            names = present.pulled_as or (repo_display(repo_id),)
-            for shown in names:
-                models.setdefault(shown.lower(), _local(shown, "repo", present))
-        aliases = [(n, s, "config") for n, s in self.config_aliases.items()]
-        aliases += [(a.name, a.source, "user") for a in self.user_aliases.load()]
-        for alias, _source, kind in aliases:
+            serving = self.served.serving(repo_id)
+            for shown in present.pulled_as or (display_name(repo_id),):
+                models.setdefault(normalize(shown), self._local(shown, "repo", present,
+                                                                serving))
+        aliases = [(n, "config") for n in self.config_aliases]
+        aliases += [(a.name, "user") for a in self._aliases()]
+        for alias, kind in aliases:
             resolved = self.resolve(alias, allow_paths=True)
             if resolved is None:
                 continue
             present = by_source.get(resolved.source.lower())
             if present is None and resolved.is_path:
                 present = self._present_dir(Path(resolved.source))
-            if present is not None:
+            if present is not None or resolved.served is not None:
                 shown = display_name(alias)
-                models.setdefault(shown.lower(), _local(shown, kind, present))
+                models.setdefault(normalize(shown), self._local(shown, kind, present,
+                                                                resolved.served))
         return sorted(models.values(), key=lambda m: (-m.modified, m.name))
 
-    # ------------------------------------------------------------------ show
+    # ------------------------------------------------------------------ Ollama shapes
 
-    def show(self, name: str, *, allow_paths: bool = False) -> dict[str, Any]:
-        """`/api/show`'s body for a local model; NotFound with Ollama's text otherwise."""
+    def tag_entry(self, found: LocalModel) -> ListModel:
+        return ListModel(name=found.name, model=found.name, modified_at=rfc3339(found.modified),
+                         size=found.size, digest=found.digest,
+                         details=facts.details(found.files, self.context_length(found) or None),
+                         capabilities=self.capabilities(found).names())
+
+    def show(self, name: str, *, allow_paths: bool = False, system: str = "",
+             options: Mapping[str, Any] | None = None) -> ShowResponse:
+        """`/api/show`'s body; NotFound with Ollama's text otherwise."""
         found = self.find(name, allow_paths=allow_paths)
         if found is None:
             raise NotFound(f"model '{display_name(name)}' not found")
-        return show_body(found, self.overrides_for(name))
+        return self.show_body(found, self.overrides_for(name), system=system, options=options)
+
+    def show_body(self, found: LocalModel, overrides: Overrides | None, *, system: str = "",
+                  options: Mapping[str, Any] | None = None) -> ShowResponse:
+        """Ollama's ShowResponse. `model_info` is always present: the Python client requires
+        the key."""
+        model = found.model
+        params: dict[str, Any] = {**found.files.generation, **model.parameters}
+        system = system or model.system
+        template = model.template or found.files.template
+        if overrides is not None:
+            params.update(overrides.parameters)
+            system = system or overrides.system
+            template = overrides.template or template
+        params.update(options or {})
+        parameters = facts.format_parameters(params)
+        origin = model.source or model.upstream
+        lines = ['# Modelfile generated by "ollama show"',
+                 "# To build a new Modelfile based on this, replace FROM with:",
+                 f"# FROM {found.name}", "", f"FROM {origin}"]
+        if template:
+            lines.append(f'TEMPLATE """{template}"""')
+        if system:
+            lines.append(f'SYSTEM """{system}"""')
+        lines += [f"PARAMETER {line}" for line in parameters.splitlines()]
+        context = self.context_length(found) or None
+        basename = (model.source or model.upstream_model or model.name).rstrip("/")
+        return ShowResponse(
+            details=facts.details(found.files, context),
+            model_info=facts.model_info(found.files, context,
+                                        basename=basename.rsplit("/", 1)[-1]),
+            modified_at=rfc3339(found.modified), license=found.files.license,
+            modelfile="\n".join(lines) + "\n", parameters=parameters,
+            # Ollama shows the bare prompt template for a model that has none.
+            template=template or "{{ .Prompt }}", system=system,
+            capabilities=self.capabilities(found).names())
 
     # ------------------------------------------------------------------ rm / cp / create
+
+    def _alias_store(self) -> AliasStore:
+        if self.user_aliases is None:
+            raise BadRequest(NO_STORE)
+        return self.user_aliases
 
     def rm(self, name: str) -> int:
         """Remove `name`: only the alias if it is one of vllama's aliases, else the repo's
         whole cache folder. Returns the bytes freed."""
         validate(name)
-        if self.user_aliases.remove(name):
+        if self.user_aliases is not None and self.user_aliases.remove(name):
             return 0
         resolved = self.resolve(name)
         if resolved is None:
             raise NotFound(f"model '{name}' not found")
+        if resolved.kind == "served":
+            raise BadRequest(f"{resolved.name} is a model in vllama's config file; remove it "
+                             "there")
         if resolved.kind == "config":
             raise BadRequest(f"{resolved.name} is an alias in vllama's config file; remove it "
                              "there")
         if resolved.is_path:
             raise BadRequest(f"{resolved.source} is a local directory; vllama does not delete "
                              "it")
+        if self.cache_dir is None:
+            raise NotFound(f"model '{name}' not found")
         repo_dir = self.cache_dir / cache.repo_folder(resolved.source)
         if not repo_dir.is_dir():
             raise NotFound(f"model '{name}' not found")
@@ -229,14 +357,18 @@ class ModelStore:
         return freed
 
     def cp(self, source: str, destination: str) -> None:
+        aliases = self._alias_store()
         found = self.find(source)
         if found is None:
             raise NotFound(f'model "{source}" not found')
-        if parse_ollama(destination) is None:
+        if not parse_name(destination).valid:
             raise InvalidName(destination)
-        carried = self.user_aliases.get(source)
-        self.user_aliases.put(UserAlias(
-            name=display_name(destination), source=found.source,
+        carried = aliases.get(source)
+        # A copy of a configured model names the model, so it reaches the same engine with
+        # the same settings (and works for a remote upstream, which has no source).
+        aliases.put(UserAlias(
+            name=display_name(destination),
+            source=found.model.name if found.served else found.source,
             system=carried.system if carried else "",
             parameters=dict(carried.parameters) if carried else {},
             template=carried.template if carried else "", created_at=time.time()))
@@ -244,15 +376,17 @@ class ModelStore:
     def create(self, name: str, from_: str, *, system: str = "",
                parameters: Mapping[str, Any] | None = None, template: str = "") -> None:
         """An alias of an existing model with request defaults (`/api/create` with `from`)."""
-        if parse_ollama(name) is None:
+        aliases = self._alias_store()
+        if not parse_name(name).valid:
             raise InvalidName(name)
         found = self.find(from_)
         if found is None:
             raise NotFound(f"model '{from_}' not found")
-        base = self.user_aliases.get(from_)
+        base = aliases.get(from_)
         merged = {**(base.parameters if base else {}), **dict(parameters or {})}
-        self.user_aliases.put(UserAlias(
-            name=display_name(name), source=found.source,
+        aliases.put(UserAlias(
+            name=display_name(name),
+            source=found.model.name if found.served else found.source,
             system=system or (base.system if base else ""), parameters=merged,
             template=template or (base.template if base else ""), created_at=time.time()))
 
@@ -266,15 +400,9 @@ class ModelStore:
         from vllama.models.aliases import builtin_table
 
         rows = [(display_name(n), s, "config") for n, s in self.config_aliases.items()]
-        rows += [(a.name, a.source, "user") for a in self.user_aliases.load()]
+        rows += [(a.name, a.source, "user") for a in self._aliases()]
         rows += [(n, s, "builtin") for n, s in builtin_table()]
         return rows
-
-
-def _local(name: str, kind: str, present: _Present) -> LocalModel:
-    return LocalModel(name=name, source=present.source, path=present.path, kind=kind,
-                      size=present.size, digest=present.digest, modified=present.modified,
-                      details=present.details)
 
 
 def _tree_size(path: Path) -> int:
@@ -285,51 +413,4 @@ def _tree_size(path: Path) -> int:
     return total
 
 
-def show_body(model: LocalModel, overrides: Overrides | None) -> dict[str, Any]:
-    """Ollama's ShowResponse for a local model. `model_info` is always present: the Python
-    client requires the key."""
-    path = model.path
-    config = info.read_json(path / "config.json")
-    template = info.chat_template(path)
-    params = info.generation_defaults(path)
-    system = ""
-    if overrides is not None:
-        params.update(overrides.parameters)
-        system = overrides.system
-        template = overrides.template or template
-    parameters = info.parameters_text(params)
-    license_ = info.license_text(path)
-    lines = ['# Modelfile generated by "ollama show"',
-             "# To build a new Modelfile based on this, replace FROM with:",
-             f"# FROM {model.name}", "", f"FROM {model.source}"]
-    if template:
-        lines.append(f'TEMPLATE """{template}"""')
-    lines += [f"PARAMETER {line}" for line in parameters.splitlines()]
-    if system:
-        lines.append(f'SYSTEM """{system}"""')
-    body: dict[str, Any] = {
-        "modelfile": "\n".join(lines) + "\n",
-        "parameters": parameters,
-        "template": template,
-        "details": msgspec.to_builtins(model.details),
-        "model_info": info.model_info(path, model.source.rsplit("/", 1)[-1]),
-        "capabilities": info.capabilities(path, config, template),
-        "modified_at": rfc3339(model.modified),
-    }
-    if system:
-        body["system"] = system
-    if license_:
-        body["license"] = license_
-    return body
-
-
-def store_from_config(config: Any, runtime: Any) -> ModelStore:
-    """The store over a loaded Config's cache and state dirs (the daemon's and the CLI's):
-    the HF token and endpoint come from the runtime, the config's aliases first."""
-    return ModelStore(hub_cache_dir(config.models_dir), Path(config.state_dir),
-                      token=runtime.hf_token or None, endpoint=runtime.hf_endpoint or None,
-                      config_aliases=dict(config.aliases))
-
-
-__all__ = ["LocalModel", "ModelStore", "Overrides", "TagEntry", "hub_cache_dir", "show_body",
-           "store_from_config"]
+__all__ = ["LocalModel", "ModelStore", "Overrides", "hub_cache_dir"]

@@ -12,7 +12,6 @@ from vllama.supervisor.state import (
     EngineState,
     EngineStatus,
     ExitInfo,
-    specs_from_models,
 )
 from vllama.supervisor.supervisor import EngineFactory, Supervisor
 
@@ -40,5 +39,4 @@ __all__ = [
     "hardware_info",
     "health_probe",
     "read_mem_available",
-    "specs_from_models",
 ]

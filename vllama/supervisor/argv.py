@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 
 from vllama.errors import ConfigError
+from vllama.vllm_flags import flag_name, flags_set
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -86,20 +87,6 @@ class HardwareInfo(msgspec.Struct, frozen=True):
         return self.gpu_count > 0
 
 
-def flag_name(arg: str) -> str | None:
-    """The canonical flag an argument sets: `--a_b=1` -> `--a-b`, `--no-a-b` -> `--a-b`.
-
-    vLLM's parser accepts underscores and boolean `--no-` forms, so both must count as the
-    user having set the flag. Returns None for values (not starting with `--`).
-    """
-    if not arg.startswith("--") or arg == "--":
-        return None
-    name = arg.split("=", 1)[0].replace("_", "-")
-    if name.startswith("--no-"):
-        name = "--" + name[len("--no-") :]
-    return name
-
-
 def check_extra_args(extra_args: Sequence[str]) -> None:
     """Raise ConfigError for a removed or vllama-owned flag; config loading can call this early."""
     for arg in extra_args:
@@ -152,7 +139,7 @@ def build_argv(
 ) -> list[str]:
     """`<cmd> serve <source> --host 127.0.0.1 --port P --served-model-name N <defaults> <extra>`."""
     check_extra_args(extra_args)
-    user_flags = {name for name in map(flag_name, extra_args) if name is not None}
+    user_flags = flags_set(extra_args)
     argv = [*vllm_command, "serve", model]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", served_name]
     for flag, value in tuned_defaults(hw):

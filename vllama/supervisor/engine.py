@@ -47,6 +47,7 @@ from vllama.supervisor.state import (
     EngineState,
     EngineStatus,
     ExitInfo,
+    check_transition,
 )
 
 log = logging.getLogger("vllama.supervisor")
@@ -114,8 +115,6 @@ class Engine:
         self._stop_requested = False
         self._stop_event = asyncio.Event()
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.epoch = 0  # bumped on every spawn; a request can tell which child it talked to
-        self._died: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # ---- observation -------------------------------------------------------------------
 
@@ -146,28 +145,12 @@ class Engine:
         return self._port
 
     @property
-    def base_url(self) -> str | None:
-        """The child's OpenAI base URL while it runs, for the gateway's upstream."""
-        return f"http://127.0.0.1:{self._port}/v1" if self._port is not None else None
-
-    @property
     def restarts(self) -> int:
         return self._restarts
 
     @property
     def last_exit(self) -> ExitInfo | None:
         return self._last_exit
-
-    @property
-    def died(self) -> asyncio.Future[None]:
-        """Resolves (never raises) as soon as the current child's leader exits, for any
-        reason, before its group is cleaned up and the exit classified (`last_exit` follows).
-
-        The gateway takes it when a request starts and races it against the upstream read, so
-        in-flight requests end with an error instead of hanging on a dead socket. Take it
-        again for each request: a new one is made for each child (see `epoch`). Don't cancel
-        it (it is shared); wrap it in asyncio.shield() when awaiting with a timeout."""
-        return self._died
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -226,6 +209,7 @@ class Engine:
         old = self._state
         if new is old:
             return
+        check_transition(old, new)
         self._state = new
         self._since = self._wall()
         log.info(
@@ -380,9 +364,6 @@ class Engine:
             info = ExitInfo(None, ExitClass.CONFIG, hint, at=self._wall())
             self._last_exit = info
             return "exited", info, None
-        self.epoch += 1
-        if self._died.done():  # the last child's; a pending one (before the first) is kept
-            self._died = asyncio.get_running_loop().create_future()
         self._pid, self._port = proc.pid, port
         self._group_pids = frozenset({proc.pid})
         log.info(
@@ -420,7 +401,6 @@ class Engine:
                 # Asked to stop, or the start-up deadline: SIGTERM the group, grace, SIGKILL.
                 await self._end_group(proc.pid, self.settings.stop_timeout)
             await self._leader_gone(proc.pid, exited)
-            self._announce_death()
             # The leader is gone; its EngineCore/workers may not be (they outlive it).
             await self._end_group(proc.pid, self.settings.stop_timeout)
         except BaseException:
@@ -429,7 +409,6 @@ class Engine:
         finally:
             stop.cancel()
             exited.cancel()
-            self._announce_death()
             await self._reap(proc, readers)
             if self._load_started is not None:
                 self._load_seconds = self.load_elapsed()
@@ -507,10 +486,6 @@ class Engine:
                 pgid,
                 extra={"component": "supervisor", "model": self.spec.name},
             )
-
-    def _announce_death(self) -> None:
-        if not self._died.done():
-            self._died.set_result(None)
 
     async def _leader_gone(self, pid: int, exited: asyncio.Task[None]) -> None:
         """Wait for the leader's exit (it was signalled, or it exited by itself)."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from typing import Protocol
 
 import msgspec
 
@@ -25,6 +23,31 @@ class EngineState(enum.StrEnum):
 
 # States in which the engine will not change again by itself.
 SETTLED = frozenset({EngineState.READY, EngineState.FAILED, EngineState.STOPPED})
+
+_S = EngineState
+# Every allowed state change (llama-swap's isValidTransition). FAILED is reachable from
+# anywhere (the supervisor task itself failing), and STOPPED from anywhere (stop() may be
+# called at any moment).
+TRANSITIONS: dict[EngineState, frozenset[EngineState]] = {
+    _S.STOPPED: frozenset({_S.STARTING}),
+    _S.STARTING: frozenset({_S.LOADING, _S.CRASHED, _S.STOPPING}),
+    _S.LOADING: frozenset({_S.READY, _S.CRASHED, _S.STOPPING}),
+    _S.READY: frozenset({_S.CRASHED, _S.STOPPING}),
+    _S.CRASHED: frozenset({_S.BACKOFF}),
+    _S.BACKOFF: frozenset({_S.STARTING}),
+    _S.FAILED: frozenset({_S.STARTING}),
+    _S.STOPPING: frozenset(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A state change the table does not allow: a bug in the supervisor."""
+
+
+def check_transition(old: EngineState, new: EngineState) -> None:
+    if new in (_S.FAILED, _S.STOPPED) or new in TRANSITIONS[old]:
+        return
+    raise InvalidTransition(f"engine state {old.value} -> {new.value} is not allowed")
 
 
 class EngineSpec(msgspec.Struct, frozen=True):
@@ -71,39 +94,3 @@ class EngineStatus(msgspec.Struct, frozen=True):
     load_seconds: float | None  # time spent loading so far, or what the last load took
     last_exit: ExitInfo | None
     reason: str  # why it cannot serve now ("" when ready)
-
-
-class ModelLike(Protocol):
-    """The fields of config.ModelConfig the supervisor needs (no import of config)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def upstream(self) -> str: ...
-    @property
-    def vllm_args(self) -> tuple[str, ...]: ...
-
-
-def specs_from_models(
-    models: Iterable[ModelLike],
-    vllm_command: tuple[str, ...],
-    common_args: tuple[str, ...] = (),
-    api_key: str = "",
-) -> list[EngineSpec]:
-    """Engine specs for the models vllama runs itself (those with an `upstream` are remote).
-
-    `common_args` (config's global vllm_args) come first so a model's own args override them.
-    """
-    return [
-        EngineSpec(
-            name=m.name,
-            source=m.source,
-            vllm_command=vllm_command,
-            vllm_args=(*common_args, *m.vllm_args),
-            api_key=api_key,
-        )
-        for m in models
-        if not m.upstream
-    ]

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import msgspec
 
 from vllama.errors import BadRequest
+from vllama.models.names import full_name
 from vllama.translate.gojson import go_quote
-from vllama.translate.models import full_name
 from vllama.translate.values import decode_options, parse_format
 from vllama.wire.ollama import (
     ChatRequest,

@@ -41,6 +41,9 @@ _args_decoder = msgspec.json.Decoder()
 _error_body_decoder = msgspec.json.Decoder(ErrorBody)
 
 NEWLINE = b"\n"
+# The longest SSE line we hold while waiting for its end. vLLM's events are small (one token or
+# delta each); an upstream that never ends a line would otherwise grow our memory without bound.
+MAX_EVENT_LINE = 4 * 1024 * 1024
 
 
 def error_line(message: str) -> bytes:
@@ -106,6 +109,13 @@ def error_from_upstream(status: int, body: bytes) -> UpstreamError:
     return UpstreamError(message, status=status if 400 <= status <= 599 else 502)
 
 
+def _bounded(partial_line: bytes) -> bytes:
+    if len(partial_line) > MAX_EVENT_LINE:
+        raise UpstreamError(f"the upstream sent an event line longer than {MAX_EVENT_LINE} "
+                            "bytes; the stream was stopped")
+    return partial_line
+
+
 class SSEDecoder:
     """Incremental SSE parser: `feed(network_bytes)` returns the complete events so far.
 
@@ -123,10 +133,10 @@ class SSEDecoder:
     def feed(self, data: bytes) -> list[StreamChunk]:
         buf = self._buf + data if self._buf else data
         if b"\n" not in buf:
-            self._buf = buf
+            self._buf = _bounded(buf)
             return []
         lines = buf.split(b"\n")
-        self._buf = lines.pop()
+        self._buf = _bounded(lines.pop())
         out = []
         decode = _chunk_decoder.decode
         for line in lines:
