@@ -27,6 +27,9 @@ async def version(request: web.Request) -> web.Response:
                               "vllama": __version__})
 
 
+ROUTES = (("GET", "/", root), ("GET", "/api/version", version))
+
+
 def make_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[middleware.edges],
                           client_max_size=services.config.max_body_bytes,
@@ -34,13 +37,13 @@ def make_app(services: Services) -> web.Application:
     app[SERVICES] = services
     app[METRICS] = Metrics()
     app.on_response_prepare.append(middleware.on_prepare)
-    app.router.add_get("/", root)  # aiohttp adds HEAD for GET routes
-    app.router.add_get("/api/version", version)
-    health.add_routes(app)
-    routes_info.add_routes(app)
-    routes_ollama.add_routes(app)
-    routes_openai.add_routes(app)
-    routes_models.add_routes(app)
+    tables = (ROUTES, health.ROUTES, routes_info.ROUTES, routes_ollama.ROUTES,
+              routes_openai.ROUTES, routes_models.ROUTES)
+    for method, path, handler in (route for table in tables for route in table):
+        if method == "GET":
+            app.router.add_get(path, handler)  # answers HEAD too, as Ollama's routes do
+        else:
+            app.router.add_route(method, path, handler)
     lookup = services.supervisor.get if services.supervisor is not None else None
     app[ROUTER] = Router(())
     app.cleanup_ctx.append(router_ctx(services.config, services.store, lookup,

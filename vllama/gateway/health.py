@@ -55,7 +55,5 @@ async def metrics(request: web.Request) -> web.Response:
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/health/live", live)
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
+ROUTES = (("GET", "/health/live", live), ("GET", "/health", health),
+          ("GET", "/metrics", metrics))

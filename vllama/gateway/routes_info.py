@@ -114,9 +114,6 @@ async def recommendations(request: web.Request) -> web.Response:
     return _json({"recommendations": []})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/tags", tags)
-    app.router.add_get("/api/ps", ps)
-    app.router.add_post("/api/show", show)
-    app.router.add_get("/api/status", status)
-    app.router.add_get("/api/experimental/model-recommendations", recommendations)
+ROUTES = (("GET", "/api/tags", tags), ("GET", "/api/ps", ps), ("POST", "/api/show", show),
+          ("GET", "/api/status", status),
+          ("GET", "/api/experimental/model-recommendations", recommendations))

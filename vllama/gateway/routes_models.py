@@ -27,7 +27,7 @@ from vllama.translate.decode import (
     decode_pull,
     decode_push,
 )
-from vllama.translate.models import invalid_name, model_required, not_found
+from vllama.translate.models import Endpoint, invalid_name, model_required, not_found
 
 logger = logging.getLogger("vllama.models")
 
@@ -44,6 +44,12 @@ _encode = msgspec.json.Encoder().encode
 
 def _store(request: web.Request) -> StoreView:
     return request.app[SERVICES].store
+
+
+def _named(model: str | None, endpoint: Endpoint) -> str:
+    if not model:
+        raise model_required(endpoint)
+    return model
 
 
 async def _ndjson(request: web.Request, first: dict[str, Any],
@@ -69,9 +75,7 @@ async def _ndjson(request: web.Request, first: dict[str, Any],
 
 async def pull(request: web.Request) -> web.StreamResponse:
     req = decode_pull(await request.read())
-    name = req.model or ""
-    if not name:
-        raise model_required("pull")
+    name = _named(req.model, "pull")
     async with contextlib.aclosing(_store(request).pull(name)) as progress:
         try:
             first = await anext(progress)
@@ -86,17 +90,13 @@ async def pull(request: web.Request) -> web.StreamResponse:
 
 
 async def push(request: web.Request) -> web.Response:
-    req = decode_push(await request.read())
-    if not req.model:
-        raise model_required("push")
+    _named(decode_push(await request.read()).model, "push")
     raise BadRequest(PUSH_UNSUPPORTED)
 
 
 async def delete(request: web.Request) -> web.Response:
     req = decode_delete(await request.read())
-    name = req.model or ""
-    if not name:
-        raise model_required("delete")
+    name = _named(req.model, "delete")
     try:
         await asyncio.to_thread(_store(request).rm, name)
     except InvalidName:
@@ -129,9 +129,7 @@ def _resolvable_syntax(store: StoreView, name: str) -> bool:
 
 async def create(request: web.Request) -> web.StreamResponse:
     req = decode_create(await request.read())
-    name = req.model or ""
-    if not name:
-        raise model_required("create")
+    name = _named(req.model, "create")
     if req.files or req.adapters or req.quantize or req.quantization or not req.from_:
         raise BadRequest(CREATE_UNSUPPORTED)
     try:
@@ -152,9 +150,6 @@ async def create(request: web.Request) -> web.StreamResponse:
     return await _ndjson(request, steps[0], rest())
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/pull", pull)
-    app.router.add_post("/api/push", push)
-    app.router.add_delete("/api/delete", delete)
-    app.router.add_post("/api/copy", copy)
-    app.router.add_post("/api/create", create)
+ROUTES = (("POST", "/api/pull", pull), ("POST", "/api/push", push),
+          ("DELETE", "/api/delete", delete), ("POST", "/api/copy", copy),
+          ("POST", "/api/create", create))

@@ -21,27 +21,10 @@ from vllama.errors import EngineDied, VllamaError
 from vllama.gateway.keys import METRICS, MODEL, REQUEST_ID, TOKENS
 from vllama.gateway.targets import Target, route
 from vllama.models.store import Overrides
+from vllama.translate import replies
+from vllama.translate import request as to_openai
 from vllama.translate.decode import decode_chat, decode_embed, decode_embeddings, decode_generate
 from vllama.translate.models import RUNNER_STOPPED, Endpoint, map_upstream_error
-from vllama.translate.replies import (
-    embed_empty_reply,
-    embed_reply,
-    embeddings_empty_reply,
-    embeddings_reply,
-    vectors_from_openai,
-)
-from vllama.translate.request import (
-    EMBEDDINGS_PATH,
-    chat_action,
-    chat_to_openai,
-    check_chat,
-    check_generate,
-    embed_inputs,
-    embed_to_openai,
-    embeddings_to_openai,
-    generate_action,
-    generate_to_openai,
-)
 from vllama.translate.stream import SSEDecoder, StreamAccumulator, error_line, special_reply
 from vllama.translate.values import rfc3339_utc
 from vllama.upstream import post
@@ -86,16 +69,16 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if system and not req.system and not req.raw:
         req.system = system
     req.options = _apply_defaults_options(req.options, params)
-    action = generate_action(req)
+    action = to_openai.generate_action(req)
     if action == "unload":  # Ollama answers an unload before any other check
         return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
                                    chat=False))
-    think = check_generate(req, target.caps)
+    think = to_openai.check_generate(req, target.caps)
     if action == "load":
         target.base_url()  # loading or crashed: 503 with the reason
         return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
                                    chat=False))
-    path, body = generate_to_openai(req, target.upstream_model, target.caps)
+    path, body = to_openai.generate_to_openai(req, target.upstream_model, target.caps)
     acc = StreamAccumulator(model=req.model or "", chat=False, t0_ns=t0, now_ns=time.time_ns,
                             created_at=target.created_at,
                             think=think, stream=req.stream is not False,
@@ -111,16 +94,16 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if system and req.messages and req.messages[0].role != "system":
         req.messages.insert(0, Message(role="system", content=system))
     req.options = _apply_defaults_options(req.options, params)
-    action = chat_action(req)
+    action = to_openai.chat_action(req)
     if action == "unload":
         return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
                                    chat=True))
-    think = check_chat(req, target.caps)
+    think = to_openai.check_chat(req, target.caps)
     if action == "load":
         target.base_url()
         return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
                                    chat=True))
-    body = chat_to_openai(req, target.upstream_model, target.caps)
+    body = to_openai.chat_to_openai(req, target.upstream_model, target.caps)
     acc = StreamAccumulator(model=req.model or "", chat=True, t0_ns=t0, now_ns=time.time_ns,
                             created_at=target.created_at,
                             think=think, stream=req.stream is not False,
@@ -213,7 +196,7 @@ async def _write_error(out: web.StreamResponse, message: str) -> None:
 
 async def _post_json(request: web.Request, target: Target, body: dict[str, Any],
                      endpoint: Endpoint) -> bytes:
-    url = target.server_url() + EMBEDDINGS_PATH
+    url = target.server_url() + to_openai.EMBEDDINGS_PATH
     headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
     try:
         async with post(target.session, url, _encode(body), headers) as upstream:
@@ -228,16 +211,16 @@ async def embed(request: web.Request) -> web.Response:
     t0 = time.time_ns()
     req = decode_embed(await request.read())
     target, _ = await route(request, "embed", req.model or "")
-    inputs = embed_inputs(req.input)
+    inputs = to_openai.embed_inputs(req.input)
     if not inputs:
         target.base_url()
-        return _json(embed_empty_reply(req.model or ""))
-    body = embed_to_openai(req, target.upstream_model, inputs)
+        return _json(replies.embed_empty_reply(req.model or ""))
+    body = to_openai.embed_to_openai(req, target.upstream_model, inputs)
     t_up = time.time_ns()
-    vectors, prompt_tokens = vectors_from_openai(
+    vectors, prompt_tokens = replies.vectors_from_openai(
         await _post_json(request, target, body, "embed"))
     request[TOKENS] = (prompt_tokens, 0)
-    return _json(embed_reply(req.model or "", vectors, dimensions=req.dimensions,
+    return _json(replies.embed_reply(req.model or "", vectors, dimensions=req.dimensions,
                              prompt_eval_count=prompt_tokens,
                              total_duration=time.time_ns() - t0, load_duration=t_up - t0))
 
@@ -247,19 +230,16 @@ async def embeddings(request: web.Request) -> web.Response:
     target, _ = await route(request, "embeddings", req.model or "")
     if not req.prompt:
         target.base_url()
-        return _json(embeddings_empty_reply())
-    body = embeddings_to_openai(req, target.upstream_model)
-    vectors, prompt_tokens = vectors_from_openai(
+        return _json(replies.embeddings_empty_reply())
+    body = to_openai.embeddings_to_openai(req, target.upstream_model)
+    vectors, prompt_tokens = replies.vectors_from_openai(
         await _post_json(request, target, body, "embeddings"))
     request[TOKENS] = (prompt_tokens, 0)
     if not vectors:
         raise EngineDied("upstream returned no embedding")
-    return _json(embeddings_reply(vectors[0]))
+    return _json(replies.embeddings_reply(vectors[0]))
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/generate", generate)
-    app.router.add_post("/api/chat", chat)
-    app.router.add_post("/api/embed", embed)
-    app.router.add_post("/api/embeddings", embeddings)
+ROUTES = (("POST", "/api/generate", generate), ("POST", "/api/chat", chat),
+          ("POST", "/api/embed", embed), ("POST", "/api/embeddings", embeddings))
 

@@ -90,11 +90,8 @@ async def get_model(request: web.Request) -> web.Response:
     return web.Response(body=_encode(_model_entry(target)), content_type="application/json")
 
 
-def add_routes(app: web.Application) -> None:
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-                 "/v1/responses"):
-        app.router.add_post(path, relay)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{model:.+}", get_model)
+ROUTES = (*(("POST", path, relay) for path in ("/v1/chat/completions", "/v1/completions",
+                                                  "/v1/embeddings", "/v1/responses")),
+          ("GET", "/v1/models", list_models), ("GET", "/v1/models/{model:.+}", get_model))
 
 

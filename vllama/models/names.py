@@ -85,27 +85,29 @@ def split_tag(name: str) -> tuple[str, str]:
     return name, ""
 
 
+def _cut_last(s: str) -> tuple[str, str] | None:
+    """Go's cut at the last `/`: (before, after), each "!" when the user wrote it empty."""
+    slash = s.rfind("/")
+    if slash < 0:
+        return None
+    return s[:slash] or "!", s[slash + 1 :] or "!"
+
+
 def parse_name(name: str) -> OllamaName:
     """Parse `[scheme://][host/][namespace/]model[:tag]` as Go's ParseName does."""
     rest, tag = split_tag(name)
     if rest != name and tag == "":
         tag = "!"
-    host, namespace = DEFAULT_HOST, DEFAULT_NAMESPACE
-    slash = rest.rfind("/")
-    if slash < 0:
-        model = rest
-    else:
-        model = rest[slash + 1 :] or "!"
-        rest = rest[:slash] or "!"
-        slash = rest.rfind("/")
-        if slash < 0:
-            namespace = rest
-        else:
-            namespace = rest[slash + 1 :] or "!"
-            host = rest[:slash] or "!"
-            if "://" in host:
-                host = host.split("://", 1)[1]
-    return OllamaName(host, namespace, model, tag or DEFAULT_TAG)
+    tag = tag or DEFAULT_TAG
+    cut = _cut_last(rest)
+    if cut is None:
+        return OllamaName(DEFAULT_HOST, DEFAULT_NAMESPACE, rest, tag)
+    rest, model = cut
+    cut = _cut_last(rest)
+    if cut is None:
+        return OllamaName(DEFAULT_HOST, rest, model, tag)
+    host, namespace = cut
+    return OllamaName(host.split("://", 1)[-1], namespace, model, tag)
 
 
 def is_valid_name(name: str) -> bool:

@@ -29,7 +29,6 @@ from vllama.wire.ollama import (
     EmbeddingsRequest,
     EmbedRequest,
     GenerateRequest,
-    Message,
     PullRequest,
     PushRequest,
     ShowRequest,
@@ -90,29 +89,29 @@ def check_images(images: list[str] | None) -> None:
             raise BadRequest(f"illegal base64 data at input byte {off}")
 
 
-def _model_or_name(model: str | None, name: str | None) -> str:
-    return model or name or ""
+Generation = TypeVar("Generation", GenerateRequest, ChatRequest)
+
+
+def _checked(req: Generation) -> Generation:
+    """What Go checks at bind time for both generate and chat."""
+    req.keep_alive = parse_keep_alive(req.keep_alive)
+    req.think = parse_think(req.think)
+    check_top_logprobs(req.top_logprobs)
+    req.model = req.model or ""
+    return req
 
 
 def decode_generate(body: bytes) -> GenerateRequest:
     req = decode_body(GenerateRequest, body)
-    req.keep_alive = parse_keep_alive(req.keep_alive)
-    req.think = parse_think(req.think)
     check_images(req.images)
-    check_top_logprobs(req.top_logprobs)
-    req.model = req.model or ""
-    return req
+    return _checked(req)
 
 
 def decode_chat(body: bytes) -> ChatRequest:
     req = decode_body(ChatRequest, body)
-    req.keep_alive = parse_keep_alive(req.keep_alive)
-    req.think = parse_think(req.think)
     for msg in req.messages or ():
         check_images(msg.images)
-    check_top_logprobs(req.top_logprobs)
-    req.model = req.model or ""
-    return req
+    return _checked(req)
 
 
 def decode_embed(body: bytes) -> EmbedRequest:
@@ -129,28 +128,31 @@ def decode_embeddings(body: bytes) -> EmbeddingsRequest:
     return req
 
 
-def decode_show(body: bytes) -> ShowRequest:
-    req = decode_body(ShowRequest, body)
-    req.model = _model_or_name(req.model, req.name)
+# The requests that name a model in `model` or in the deprecated `name` (the ollama CLI and
+# the JS client still send it): afterwards `model` holds whichever was set, or "".
+Named = TypeVar("Named", ShowRequest, PullRequest, PushRequest, DeleteRequest, CreateRequest)
+
+
+def _decode_named(cls: type[Named], body: bytes) -> Named:
+    req = decode_body(cls, body)
+    req.model = req.model or req.name or ""
     return req
+
+
+def decode_show(body: bytes) -> ShowRequest:
+    return _decode_named(ShowRequest, body)
 
 
 def decode_pull(body: bytes) -> PullRequest:
-    req = decode_body(PullRequest, body)
-    req.model = _model_or_name(req.model, req.name)
-    return req
+    return _decode_named(PullRequest, body)
 
 
 def decode_push(body: bytes) -> PushRequest:
-    req = decode_body(PushRequest, body)
-    req.model = _model_or_name(req.model, req.name)
-    return req
+    return _decode_named(PushRequest, body)
 
 
 def decode_delete(body: bytes) -> DeleteRequest:
-    req = decode_body(DeleteRequest, body)
-    req.model = _model_or_name(req.model, req.name)
-    return req
+    return _decode_named(DeleteRequest, body)
 
 
 def decode_copy(body: bytes) -> CopyRequest:
@@ -161,25 +163,7 @@ def decode_copy(body: bytes) -> CopyRequest:
 
 
 def decode_create(body: bytes) -> CreateRequest:
-    req = decode_body(CreateRequest, body)
-    req.model = _model_or_name(req.model, req.name)
+    req = _decode_named(CreateRequest, body)
     for msg in req.messages or ():
         check_images(msg.images)
     return req
-
-
-__all__ = [
-    "Message",
-    "check_images",
-    "decode_body",
-    "decode_chat",
-    "decode_copy",
-    "decode_create",
-    "decode_delete",
-    "decode_embed",
-    "decode_embeddings",
-    "decode_generate",
-    "decode_pull",
-    "decode_push",
-    "decode_show",
-]

@@ -21,125 +21,159 @@ import msgspec
 
 
 class ToolCallFunction(msgspec.Struct, omit_defaults=True):
+    # Name is the name of the function the model called.
     name: str | None = None
-    # An object in Ollama; some clients send a JSON string, which we accept too.
+    # Arguments is an object in Ollama; some clients send a JSON string, accepted too.
     arguments: Any = None
+    # Index is the call's position among the calls of one message.
     index: int | None = None
 
 
 class ToolCall(msgspec.Struct, omit_defaults=True):
     function: ToolCallFunction | None = None
+    # ID links a tool's answer (a "tool" message's tool_call_id) to this call.
     id: str | None = None
     type: str | None = None
 
 
 class Message(msgspec.Struct, omit_defaults=True):
+    """One chat message (Go's api.Message)."""
+
+    # Role is "system", "user", "assistant" or "tool".
     role: str | None = None
     content: str | None = None
+    # Thinking is the model's reasoning, kept apart from the content.
     thinking: str | None = None
+    # Images are base64 strings (Go decodes them as []byte at bind time).
     images: list[str] | None = None
     tool_calls: list[ToolCall] | None = None
+    # ToolName names the tool whose result a "tool" message carries.
     tool_name: str | None = None
     tool_call_id: str | None = None
 
 
-class GenerateRequest(msgspec.Struct):
+class _Generation(msgspec.Struct):
+    """The fields generate and chat share (Go repeats them in both request types)."""
+
+    # Model is the model name; resolved by vllama.models.
     model: str | None = None
+    # Stream: false asks for one aggregated object instead of NDJSON lines.
+    stream: bool | None = None
+    # Format is "json" or a JSON schema; raw JSON bytes, empty when absent (msgspec cannot
+    # put Raw in a union).
+    format: msgspec.Raw = msgspec.Raw()
+    # KeepAlive controls how long the model stays loaded: a Go duration string or seconds.
+    keep_alive: Any = None
+    # Options are Modelfile parameters (temperature, num_predict, stop, ...).
+    options: dict[str, Any] | None = None
+    # Think switches thinking on/off (bool) or sets its level ("low", "medium", "high").
+    think: Any = None
+    # Truncate cuts the prompt to the context instead of failing (Ollama's default: true).
+    truncate: bool | None = None
+    # Shift lets the context window shift when generation reaches its end.
+    shift: bool | None = None
+    # Logprobs asks for log probabilities; TopLogprobs how many alternatives per token.
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    # DebugRenderOnly asks for the rendered prompt without generating (Ollama's debug aid).
+    debug_render_only: bool | None = msgspec.field(default=None, name="_debug_render_only")
+
+
+class GenerateRequest(_Generation):
+    """/api/generate (Go's api.GenerateRequest)."""
+
+    # Prompt is the text to complete; empty loads (or with keep_alive 0 unloads) the model.
     prompt: str | None = None
+    # Suffix is the text after the insertion point (fill-in-the-middle).
     suffix: str | None = None
+    # System overrides the model's system prompt; Template its prompt template.
     system: str | None = None
     template: str | None = None
+    # Context is the token context of an earlier reply (deprecated by Ollama).
     context: list[int] | None = None
-    stream: bool | None = None
+    # Raw sends the prompt as is, without the template.
     raw: bool | None = None
-    # raw JSON bytes; empty when absent (msgspec cannot put Raw in a union)
-    format: msgspec.Raw = msgspec.Raw()
-    keep_alive: Any = None
     images: list[str] | None = None
-    options: dict[str, Any] | None = None
-    think: Any = None
-    truncate: bool | None = None
-    shift: bool | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    debug_render_only: bool | None = msgspec.field(default=None, name="_debug_render_only")
 
 
-class ChatRequest(msgspec.Struct):
-    model: str | None = None
+class ChatRequest(_Generation):
+    """/api/chat (Go's api.ChatRequest)."""
+
+    # Messages is the conversation so far; empty loads (or with keep_alive 0 unloads).
     messages: list[Message] | None = None
-    # Forwarded to vLLM as the client sent them (OpenAI shape); kept raw to avoid a re-encode.
+    # Tools the model may call, forwarded to vLLM as the client sent them (OpenAI shape);
+    # kept raw to avoid a re-encode.
     tools: list[msgspec.Raw] | None = None
-    stream: bool | None = None
-    # raw JSON bytes; empty when absent (msgspec cannot put Raw in a union)
-    format: msgspec.Raw = msgspec.Raw()
-    keep_alive: Any = None
-    options: dict[str, Any] | None = None
-    think: Any = None
-    truncate: bool | None = None
-    shift: bool | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    debug_render_only: bool | None = msgspec.field(default=None, name="_debug_render_only")
 
 
 class EmbedRequest(msgspec.Struct):
+    """/api/embed."""
+
     model: str | None = None
+    # Input is a string or a list of strings.
     input: Any = None
     truncate: bool | None = None
+    # Dimensions truncates each vector to this many dimensions (then renormalized).
     dimensions: int | None = None
     keep_alive: Any = None
     options: dict[str, Any] | None = None
 
 
 class EmbeddingsRequest(msgspec.Struct):
+    """/api/embeddings (deprecated by Ollama, still used by clients): one prompt."""
+
     model: str | None = None
     prompt: str | None = None
     keep_alive: Any = None
     options: dict[str, Any] | None = None
 
 
-class ShowRequest(msgspec.Struct):
+class _Named(msgspec.Struct):
+    """Requests that name a model: `name` is the deprecated spelling of `model` that the
+    ollama CLI and older clients still send."""
+
     model: str | None = None
     name: str | None = None
+
+
+class ShowRequest(_Named):
+    # System is shown as the system prompt (Ollama's show takes it as an override).
     system: str | None = None
     template: str | None = None
+    # Verbose asks for the full model_info (tokenizer arrays in Ollama).
     verbose: bool | None = None
     options: dict[str, Any] | None = None
 
 
-class PullRequest(msgspec.Struct):
-    model: str | None = None
-    name: str | None = None
+class PullRequest(_Named):
+    # Insecure, Username, Password: registry options, accepted and ignored (vllama pulls
+    # through huggingface_hub with HF_TOKEN).
     insecure: bool | None = None
     username: str | None = None
     password: str | None = None
     stream: bool | None = None
 
 
-class PushRequest(msgspec.Struct):
-    model: str | None = None
-    name: str | None = None
-    insecure: bool | None = None
-    username: str | None = None
-    password: str | None = None
-    stream: bool | None = None
+class PushRequest(PullRequest):
+    """The same fields as a pull (Go's PushRequest is its own type with the same shape)."""
 
 
-class DeleteRequest(msgspec.Struct):
-    model: str | None = None
-    name: str | None = None
+class DeleteRequest(_Named):
+    pass
 
 
 class CopyRequest(msgspec.Struct):
+    # Source is an existing model; Destination the new name for it.
     source: str | None = None
     destination: str | None = None
 
 
-class CreateRequest(msgspec.Struct):
-    model: str | None = None
-    name: str | None = None
+class CreateRequest(_Named):
+    """/api/create. vllama supports only `from` an existing model, with system, parameters and
+    template: an alias with request defaults."""
+
     from_: str | None = msgspec.field(default=None, name="from")
+    # Files and Adapters (digests of uploaded blobs), Quantize: not supported by vllama.
     files: dict[str, str] | None = None
     adapters: dict[str, str] | None = None
     template: str | None = None
