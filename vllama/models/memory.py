@@ -123,8 +123,8 @@ def _blocks(tokens: int) -> int:
 
 def kv_cache_bytes(layout: KVLayout, tokens: int, tp: int = 1) -> int:
     """KV cache bytes on each of `tp` GPUs for `tokens` tokens (KV heads split across ranks,
-    replicated when there are fewer heads than ranks; an MLA latent is replicated)."""
-    heads = 1 if layout.mla else -(-layout.kv_heads // tp)
+    replicated when there are fewer heads than ranks, as MLA's single latent always is)."""
+    heads = -(-layout.kv_heads // tp)
     per_layer_token = layout.bytes_per_head_token * heads
     full = _blocks(tokens)
     windowed = min(full, _blocks(layout.window + SLIDING_SLACK_TOKENS))
