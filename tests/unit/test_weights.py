@@ -7,10 +7,12 @@ import json
 import math
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+from huggingface_hub.utils._safetensors import SafetensorsFileMetadata, TensorInfo
 
 from tests import tinymodel
 from vllama.models.weights import (
@@ -24,6 +26,7 @@ from vllama.models.weights import (
     read_weights,
     summarize,
     tensors_from_header,
+    tensors_from_hub,
 )
 
 # Bits per element, written out here independently of the module under test.
@@ -398,13 +401,29 @@ def test_summarize_checks_sizes_and_duplicates() -> None:
         "tensor 'a' appears twice; counted once", "tensor 'b'", "tensor 'c'"]
 
 
-def test_hub_metadata_can_feed_summarize() -> None:
-    """The hub path: get_safetensors_metadata gives the same header JSON per file."""
-    header = {"__metadata__": {"total_size": "1"},
-              "x.weight": {"dtype": "BF16", "shape": [3, 4], "data_offsets": [0, 24]}}
-    tensors, problems = tensors_from_header(header, "model.safetensors")
-    assert problems == []
-    assert summarize(tensors, {}) == WeightsInfo(12, 24, 12, 24, "BF16", "headers")
+def test_hub_metadata_feeds_summarize() -> None:
+    """The hub path: huggingface_hub's own metadata objects, as get_safetensors_metadata
+    returns them for a repo without downloading it."""
+    files = {
+        "model-00001-of-00002.safetensors": SafetensorsFileMetadata(metadata={}, tensors={
+            "x.weight": TensorInfo(dtype="BF16", shape=[3, 4], data_offsets=(0, 24))}),
+        "model-00002-of-00002.safetensors": SafetensorsFileMetadata(metadata={}, tensors={
+            "y.qweight": TensorInfo(dtype="I32", shape=[2, 8], data_offsets=(0, 64)),
+            "y.scales": TensorInfo(dtype="F16", shape=[1, 8], data_offsets=(64, 80))}),
+        "broken.safetensors": object(),
+    }
+    tensors, problems = tensors_from_hub(files)
+    assert problems == ["broken.safetensors: no tensors in the hub's metadata"]
+    gptq = {"quantization_config": {"quant_method": "gptq", "bits": 4}}
+    assert summarize(tensors, gptq, problems=problems) == WeightsInfo(
+        12 + 128, 24 + 64 + 16, 12 + 8, 24 + 16, "I32", "headers", tuple(problems))
+
+
+def test_hub_metadata_with_a_bad_shape_is_skipped() -> None:
+    bad = SimpleNamespace(tensors={"a": SimpleNamespace(dtype="F16", shape=["x", 2],
+                                                        data_offsets=(0, 4))})
+    assert tensors_from_hub({"m.safetensors": bad}) == (
+        [], ["m.safetensors: tensor 'a' has no valid dtype and shape; skipped"])
 
 
 # --- directories that lack something ----------------------------------------------------------

@@ -253,6 +253,32 @@ def tensors_from_header(header: object, source: str) -> tuple[list[TensorMeta], 
     return out, problems
 
 
+def tensors_from_hub(files_metadata: Mapping[str, Any]) -> tuple[list[TensorMeta], list[str]]:
+    """Tensor descriptions from huggingface_hub's `get_safetensors_metadata(repo)
+    .files_metadata` (file name -> object with `.tensors`: name -> TensorInfo with dtype,
+    shape, data_offsets), checked like a local header. The hub call itself can raise on a
+    malformed header (it multiplies the shape); the caller catches that."""
+    tensors: list[TensorMeta] = []
+    problems: list[str] = []
+    for filename, meta in files_metadata.items():
+        infos = getattr(meta, "tensors", None)
+        if not isinstance(infos, Mapping):
+            problems.append(f"{filename}: no tensors in the hub's metadata")
+            continue
+        header = {name: {"dtype": getattr(info, "dtype", None),
+                         "shape": _as_list(getattr(info, "shape", None)),
+                         "data_offsets": _as_list(getattr(info, "data_offsets", None))}
+                  for name, info in infos.items()}
+        found, notes = tensors_from_header(header, str(filename))
+        tensors.extend(found)
+        problems.extend(notes)
+    return tensors, problems
+
+
+def _as_list(value: object) -> object:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def read_header(path: Path, source: str | None = None) -> tuple[list[TensorMeta], list[str]]:
     """The tensors one .safetensors file declares; never raises (problems instead)."""
     label = source or path.name
