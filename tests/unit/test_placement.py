@@ -236,6 +236,12 @@ def test_forced_and_restricted() -> None:
     assert isinstance(fit, NoFit) and "no way to split" in fit.message
 
 
+def test_many_gpus_stay_cheap() -> None:
+    devices = [gpu(i, free=(10 + i) * GiB) for i in range(64)]
+    fit = place(llama_70b(131072), devices)
+    assert isinstance(fit, Placement) and fit.devices == (60, 61, 62, 63)  # most free
+
+
 def test_nothing_to_place_on() -> None:
     fit = place(llama_8b(), [])
     assert isinstance(fit, NoFit) and fit.message.startswith("no GPU and no host memory")

@@ -41,6 +41,7 @@ GPU_SHARE_CAP: Final = 0.95  # vllama's engines together use at most this share 
 START_MARGIN_BYTES: Final = 1 * GiB
 TP_SIZES: Final = (1, 2, 4, 8)
 _UNITS: Final = 10_000  # the utilization fraction has four decimals
+_POOL: Final = 12  # GPUs with the most room that TP groups are drawn from (C(12, 6) = 924)
 
 
 class Device(msgspec.Struct, frozen=True):
@@ -230,8 +231,10 @@ def _context_hint(need: MemoryNeed, budget: int, tp: int) -> str:
 
 
 def _groups(gpus: Sequence[Device], tp: int, rooms: dict[int, int]) -> list[tuple[Device, ...]]:
-    """Every set of `tp` GPUs, those with the most room first."""
-    return sorted(combinations(gpus, tp),
+    """Every set of `tp` GPUs, those with the most room first. Mixed GPUs make the best set
+    more than the top `tp` by room; the pool is bounded so 16+ GPU hosts stay cheap."""
+    pool = sorted(gpus, key=lambda d: (-rooms[d.index], d.index))[:_POOL]
+    return sorted(combinations(pool, tp),
                   key=lambda g: (-sum(rooms[d.index] for d in g), [d.index for d in g]))
 
 
