@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 from huggingface_hub.utils._safetensors import SafetensorsFileMetadata, TensorInfo
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests import tinymodel
 from vllama.models.weights import (
@@ -435,10 +437,10 @@ def test_index_naming_a_missing_shard_prefers_the_estimate(tmp_path: Path) -> No
         {"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}))
     info = read_weights(tmp_path, MINILM_CONFIG)
     assert (info.source, info.parameters) == ("estimate", MINILM_PARAMETERS)
-    assert info.problems == ("b.safetensors: missing",)
+    assert info.problems == ("b.safetensors: No such file or directory",)
     partial = read_weights(tmp_path, {})  # no estimate: the partial count, with the problem
     assert (partial.source, partial.parameters, partial.problems) == (
-        "headers", 10, ("b.safetensors: missing",))
+        "headers", 10, ("b.safetensors: No such file or directory",))
 
 
 @pytest.mark.parametrize(("index", "problem"), [
@@ -447,9 +449,12 @@ def test_index_naming_a_missing_shard_prefers_the_estimate(tmp_path: Path) -> No
     ('{"weight_map": []}', "no weight_map"),
     ('{"weight_map": {"x": "../outside.safetensors"}}', "refusing"),
     ('{"weight_map": {"x": "/etc/passwd"}}', "refusing"),
+    ('{"weight_map": {"x": "%s.safetensors"}}' % ("a" * 300), "File name too long"),
+    ('{"weight_map": {"x": "sub"}}', "Is a directory"),
 ])
 def test_bad_index(tmp_path: Path, index: str, problem: str) -> None:
     write_file(tmp_path / "model.safetensors", {"x": ("F32", [10])})
+    (tmp_path / "sub").mkdir()
     (tmp_path / INDEX_NAME).write_text(index)
     info = read_weights(tmp_path, {})
     assert info.parameters == 0 and problem in info.problems[0]
@@ -466,6 +471,8 @@ def test_no_weights_at_all(tmp_path: Path) -> None:
 def test_a_directory_named_like_a_file_is_not_read(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").mkdir()
     assert read_weights(tmp_path, {}).problems == ("no safetensors files",)
+    (tmp_path / INDEX_NAME).mkdir()
+    assert read_weights(tmp_path, {}).problems == (f"{INDEX_NAME}: unreadable (Is a directory)",)
 
 
 # --- the estimate -----------------------------------------------------------------------------
@@ -531,3 +538,34 @@ def test_estimate_weights_bytes(extra: dict[str, Any], stored: float, dtype: str
     assert info is not None
     assert (info.stored_bytes, info.dtype, info.source) == (
         int(7_241_732_096 * stored), dtype, "estimate")
+
+
+# --- fuzz: whatever the bytes, a result --------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                  max_size=4),
+    max_leaves=20)
+ENTRY = st.fixed_dictionaries({}, optional={
+    "dtype": st.sampled_from([*BITS, "F12", 3]) | JSON,
+    "shape": st.lists(st.integers(-2, 4) | JSON, max_size=3) | JSON,
+    "data_offsets": st.lists(st.integers(-5, 100), max_size=3) | JSON})
+
+
+@settings(max_examples=200, deadline=None)
+@given(header=st.dictionaries(st.text(max_size=8), ENTRY | JSON, max_size=6) | JSON)
+def test_any_header_json_gives_a_result(header: object) -> None:
+    tensors, problems = tensors_from_header(header, "f")
+    info = summarize(tensors, {}, problems=problems)
+    assert info.parameters >= 0 and info.stored_bytes >= 0
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(max_size=64) | st.builds(
+    lambda n, body: struct.pack("<Q", n) + body, st.integers(0, 2**64 - 1),
+    st.binary(max_size=64)))
+def test_any_file_gives_a_result(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "model.safetensors").write_bytes(content)
+    assert isinstance(read_weights(tmp_path, {}), WeightsInfo)

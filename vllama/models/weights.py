@@ -322,11 +322,16 @@ def weight_files(model_dir: Path) -> tuple[list[Path], list[str]]:
     """The .safetensors files that make up the model: those the index names when there is
     one, else every one in the directory (without Mistral's `consolidated.safetensors`, a
     second copy of the same weights, when the sharded ones are there too)."""
-    index = model_dir / INDEX_NAME
-    if index.is_file():
+    try:
+        raw = (model_dir / INDEX_NAME).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        raw = None
+    except OSError as exc:
+        return [], [f"{INDEX_NAME}: unreadable ({exc.strerror or exc})"]
+    if raw is not None:
         try:
-            doc = msgspec.json.decode(index.read_bytes())
-        except (OSError, msgspec.DecodeError, RecursionError) as exc:
+            doc = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, RecursionError) as exc:
             return [], [f"{INDEX_NAME}: unreadable ({exc})"]
         weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
         if not isinstance(weight_map, dict):
@@ -354,11 +359,7 @@ def read_weights(model_dir: Path, config: Mapping[str, Any]) -> WeightsInfo:
     tensors: list[TensorMeta] = []
     complete = not problems
     for path in files:
-        if not path.is_file():
-            problems.append(f"{path.name}: missing")
-            complete = False
-            continue
-        found, notes = read_header(path)
+        found, notes = read_header(path)  # a missing shard is a problem like any other
         if not found and notes:
             complete = False
         tensors.extend(found)
