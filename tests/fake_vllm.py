@@ -245,6 +245,9 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     script, state = request.app[FAKE_SCRIPT], request.app[FAKE_STATE]
     if script.runner != "generate":
         return detail_response(404, "Not Found")
+    if script.sleeping:  # the real one has no weights on the GPU then: it cannot generate
+        return error_response("the engine is sleeping", status=503,
+                              err_type="ServiceUnavailableError")
     body = await json_body(request)
     if isinstance(body, web.Response):
         return body
@@ -314,6 +317,11 @@ def make_app(script: FakeScript | None = None) -> web.Application:
     app.router.add_get("/version", misc.version)
     app.router.add_get("/load", misc.load)
     app.router.add_get("/metrics", misc.metrics)
+    app.router.add_get("/fake/info", misc.fake_info)
+    if app[FAKE_SCRIPT].dev_mode:
+        app.router.add_post("/sleep", misc.sleep)
+        app.router.add_post("/wake_up", misc.wake_up)
+        app.router.add_get("/is_sleeping", misc.is_sleeping)
     return app
 
 

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=_human_int)
     p.add_argument("--api-key")
     p.add_argument("--runner", choices=("auto", "generate", "pooling"))
+    p.add_argument("--enable-sleep-mode", action="store_true")
+    p.add_argument("--gpu-memory-utilization", type=float)
+    p.add_argument("--kv-cache-memory-bytes", type=_human_int)
+    p.add_argument("--tensor-parallel-size", type=int)
     f = p.add_argument
     f("--fake-startup-delay", type=float, default=_env("STARTUP_DELAY", float, 0.0))
     f("--fake-fail-at-start", choices=FAIL_KINDS, default=_env("FAIL_AT_START", str, None))
@@ -105,6 +109,14 @@ def script_from(opts: argparse.Namespace, model: str) -> fake.FakeScript:
         runner="pooling" if pooling else "generate",
         # vLLM reads its key from --api-key or VLLM_API_KEY (the supervisor uses the env).
         api_key=opts.api_key or os.environ.get("VLLM_API_KEY") or None,
+        dev_mode=os.environ.get("VLLM_SERVER_DEV_MODE") == "1",
+        sleep_mode=opts.enable_sleep_mode,
+        launch={"gpu_memory_utilization": opts.gpu_memory_utilization,
+                "kv_cache_memory_bytes": opts.kv_cache_memory_bytes,
+                "tensor_parallel_size": opts.tensor_parallel_size,
+                "max_model_len": opts.max_model_len,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "has_vllama_api_key": "VLLAMA_API_KEY" in os.environ},
     )
 
 

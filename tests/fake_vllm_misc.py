@@ -154,3 +154,28 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
+
+
+async def sleep(request: web.Request) -> web.StreamResponse:
+    """POST /sleep?level=N (a JSON body is ignored, as in vLLM)."""
+    script = request.app[FAKE_SCRIPT]
+    if not script.sleep_mode:
+        return error_response("Sleep mode is not enabled. Use --enable-sleep-mode.",
+                              status=500, err_type="InternalServerError")
+    script.sleeping = True
+    return web.Response(status=200)
+
+
+async def wake_up(request: web.Request) -> web.StreamResponse:
+    request.app[FAKE_SCRIPT].sleeping = False
+    return web.Response(status=200)
+
+
+async def is_sleeping(request: web.Request) -> web.StreamResponse:
+    return json_response({"is_sleeping": request.app[FAKE_SCRIPT].sleeping})
+
+
+async def fake_info(request: web.Request) -> web.StreamResponse:
+    """Not vLLM's: how this fake was started, so tests can check a placement."""
+    script = request.app[FAKE_SCRIPT]
+    return json_response({**script.launch, "sleeping": script.sleeping})

@@ -41,6 +41,13 @@ class FakeScript:
     api_key: str | None = None  # like VLLM_API_KEY: required as a Bearer token on /v1/*
     healthy: bool = True  # False: /health answers 503 like a dead engine
     version: str = VERSION
+    # vLLM's sleep mode: the dev routes exist with VLLM_SERVER_DEV_MODE=1; sleeping works only
+    # with --enable-sleep-mode (the CPU build refuses it).
+    dev_mode: bool = False
+    sleep_mode: bool = False
+    sleeping: bool = False
+    # How the child was started (argv tail and the environment a placement sets), for tests.
+    launch: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

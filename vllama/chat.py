@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import signal
 import sys
 from collections.abc import Sequence
@@ -69,21 +70,55 @@ async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any]
     return "".join(text), final
 
 
-async def one_shot(url: str, model: str, prompt: str, out: TextIO) -> int:
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+async def load_with_progress(session: aiohttp.ClientSession, url: str, model: str,
+                             err: TextIO) -> None:
+    """Load the model (an empty chat), showing how long it takes on a terminal: a model that
+    is not loaded yet can take minutes (the daemon starts its engine)."""
+    load = asyncio.ensure_future(_stream(session, f"{url}/api/chat",
+                                         {"model": model, "messages": []}, err, "message"))
+    tty = err.isatty()
+    started = asyncio.get_running_loop().time()
+    shown = False
+    try:
+        for tick in itertools.count():
+            done, _ = await asyncio.wait({load}, timeout=0.25)
+            if done:
+                break
+            elapsed = asyncio.get_running_loop().time() - started
+            if tty:
+                err.write(f"\r{SPINNER[tick % len(SPINNER)]} loading {model} ({elapsed:.0f} s)")
+                err.flush()
+                shown = True
+            elif not shown and elapsed >= 1.0:
+                err.write(f"loading {model}...\n")
+                err.flush()
+                shown = True
+        await load
+    finally:
+        load.cancel()
+        if tty and shown:
+            err.write("\r\033[K")
+            err.flush()
+
+
+async def one_shot(url: str, model: str, prompt: str, out: TextIO, err: TextIO) -> int:
     async with aiohttp.ClientSession() as session:
+        await load_with_progress(session, url, model, err)
         await _stream(session, f"{url}/api/generate",
                       {"model": model, "prompt": prompt, "stream": True}, out, "response")
     out.write("\n")
     return EXIT_OK
 
 
-async def interactive(url: str, model: str, out: TextIO, inp: TextIO) -> int:
+async def interactive(url: str, model: str, out: TextIO, inp: TextIO, err: TextIO) -> int:
     history: list[dict[str, str]] = []
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as session:
         # Load (and check) the model first, so a wrong name fails before the first prompt.
-        await _stream(session, f"{url}/api/chat", {"model": model, "messages": []}, out,
-                      "message")
+        await load_with_progress(session, url, model, err)
         while True:
             out.write(">>> ")
             out.flush()
@@ -128,8 +163,8 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str], out: TextIO) -> int:
         prompt = sys.stdin.read().strip()
     try:
         if prompt:
-            return asyncio.run(one_shot(url, args.model, prompt, out))
-        return asyncio.run(interactive(url, args.model, out, sys.stdin))
+            return asyncio.run(one_shot(url, args.model, prompt, out, sys.stderr))
+        return asyncio.run(interactive(url, args.model, out, sys.stdin, sys.stderr))
     except KeyboardInterrupt:
         out.write("\n")
         return EXIT_OK

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import msgspec
 import platformdirs
 
-from vllama.errors import ConfigError
+from vllama.errors import ConfigError, VllamaError
 
 DEFAULT_PORT = 11434
 SourceKind = Literal["default", "file", "env", "cli"]
@@ -38,6 +38,9 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     capabilities: tuple[str, ...] = ()
     fim_template: str = ""
     preload: bool = True
+    # How long the engine stays loaded after its last request: a Go duration ("10m") or
+    # seconds, negative = forever. Unset: forever for a preloaded model, else `keep_alive`.
+    keep_alive: str | float | None = None
     system: str = ""
     template: str = ""
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -74,6 +77,13 @@ class Config(msgspec.Struct, frozen=True):
     upstream_connections: int = 1000
     upstream_keepalive: float = 60.0
     upstream_connect_timeout: float = 10.0
+    keep_alive: float = 300.0  # seconds; math.inf = forever
+    max_loaded_models: int = -1
+    max_queue: int = 512
+    load_timeout: float = 300.0
+    memory_budget: int = 0
+    engine_overhead: int = 0
+    sleep_mode: str = "auto"
 
     @property
     def vllm_argv(self) -> list[str]:
@@ -122,11 +132,13 @@ class Loaded:
 @dataclass(frozen=True)
 class Setting:
     key: str
-    kind: Literal["str", "int", "float", "bool", "list", "args", "enum", "secret"]
+    kind: Literal["str", "int", "float", "bool", "list", "args", "enum", "secret", "duration",
+                  "size"]
     help: str
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     env: bool = True  # settable through VLLAMA_<KEY>
+    ollama_env: str = ""  # Ollama's variable for the same setting, read when ours is unset
 
     @property
     def env_var(self) -> str:
@@ -184,8 +196,29 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0),
     Setting("upstream_connect_timeout", "float", "Seconds to connect to an upstream.",
             minimum=0.1),
+    Setting("keep_alive", "duration", "How long a model stays loaded after its last request "
+            "ends: a duration (`5m`, `1h30m`) or seconds; negative keeps models loaded, 0 "
+            "unloads at once. A request's own keep_alive replaces it for that model.",
+            ollama_env="OLLAMA_KEEP_ALIVE"),
+    Setting("max_loaded_models", "int", "Most models loaded at once (sleeping ones not "
+            "counted); -1: 3 per GPU, 3 on a CPU host (Ollama's default); 0: limited by "
+            "memory only.", minimum=-1, ollama_env="OLLAMA_MAX_LOADED_MODELS"),
+    Setting("max_queue", "int", "Most requests waiting for a model to load; more answer 503 "
+            "`server busy`.", minimum=1, ollama_env="OLLAMA_MAX_QUEUE"),
+    Setting("load_timeout", "duration", "How long a request waits for memory to free up "
+            "(every other model busy or pinned) before it fails.", minimum=1),
+    Setting("memory_budget", "size", "Memory the engines may use in all, in bytes (`24GiB` "
+            "works): on a CPU host instead of available RAM, on a GPU host per GPU instead of "
+            "what NVML reports. 0: measure it."),
+    Setting("engine_overhead", "size", "Memory an engine needs beyond weights and KV cache "
+            "(CUDA context, activations, the process itself), per GPU. 0: 1.5 GiB per GPU, "
+            "1.5 GiB on a CPU host."),
+    Setting("sleep_mode", "enum", "Park idle models with vLLM's sleep mode (weights to host "
+            "memory) instead of stopping them: auto (on GPUs, when host memory allows) or off.",
+            choices=("auto", "off")),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
+_MODEL_KEEP_ALIVE = Setting("keep_alive", "duration", "a model's keep_alive")
 MODEL_KEYS = set(ModelConfig.__struct_fields__)
 FILE_ONLY_KEYS = {"models", "aliases"}
 
@@ -201,6 +234,8 @@ def _describe(setting: Setting) -> str:
         "bool": "true or false",
         "list": "a list of strings",
         "args": "a list of arguments",
+        "duration": "a duration (`5m`, `1h`) or seconds",
+        "size": "bytes, or a size like `16GiB`",
     }[setting.kind] + (f" >= {setting.minimum:g}" if setting.minimum is not None else "")
 
 
@@ -232,6 +267,10 @@ def coerce(setting: Setting, value: object, where: str, *, from_text: bool) -> A
             raise _bad(setting, value, where)
     elif kind in ("int", "float"):
         out = _number(setting, value, where, from_text=from_text)
+    elif kind == "duration":
+        out = _duration(setting, value, where)
+    elif kind == "size":
+        out = _size(setting, value, where)
     elif from_text and isinstance(value, str):
         items = shlex.split(value) if kind == "args" else value.split(",")
         out = tuple(i.strip() for i in items if i.strip())
@@ -240,6 +279,48 @@ def coerce(setting: Setting, value: object, where: str, *, from_text: bool) -> A
     else:
         raise _bad(setting, value, where)
     return out
+
+
+def _duration(setting: Setting, value: object, where: str) -> float:
+    """Seconds, math.inf for "forever": a Go duration or a number of seconds, as Ollama reads
+    OLLAMA_KEEP_ALIVE (text that is a number counts as seconds)."""
+    from vllama.translate.values import parse_keep_alive
+
+    raw = value
+    if isinstance(value, str):
+        try:
+            raw = float(value.strip())
+        except ValueError:
+            raw = value.strip()
+    try:
+        seconds = parse_keep_alive(raw)
+    except VllamaError:
+        raise _bad(setting, value, where) from None
+    if seconds is None or (setting.minimum is not None and seconds < setting.minimum):
+        raise _bad(setting, value, where)
+    return seconds
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2,
+               "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 1 << 10,
+               "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def _size(setting: Setting, value: object, where: str) -> int:
+    """Bytes: an integer, or a number with a unit (`24GiB`, `512M`, `1.5 GB`)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        number = text.rstrip("kmgtib")
+        unit = text[len(number):]
+        try:
+            amount = float(number)
+        except ValueError:
+            raise _bad(setting, value, where) from None
+        if unit in _SIZE_UNITS and amount >= 0:
+            return int(amount * _SIZE_UNITS[unit])
+    raise _bad(setting, value, where)
 
 
 _BOOL_TEXT = {"1": True, "true": True, "yes": True, "on": True,
@@ -360,10 +441,24 @@ def _model(item: Mapping[str, Any], where: str) -> ModelConfig:
     if bool(model.source) == bool(model.upstream):
         raise ConfigError(f"config error: {where} ({model.name}): set exactly one of source "
                           "(HF repo id or local directory) or upstream (URL)")
+    if model.keep_alive is not None:
+        model_keep_alive(model, where)
     if model.upstream and not model.upstream.startswith(("http://", "https://")):
         raise ConfigError(f"config error: {where} ({model.name}): upstream = "
                           f"{model.upstream!r} is invalid: expected an http(s):// URL")
     return model
+
+
+def model_keep_alive(model: ModelConfig, where: str = "") -> float | None:
+    """A model's own keep_alive in seconds (math.inf = forever), None when unset."""
+    if model.keep_alive is None:
+        return None
+    try:
+        return _duration(_MODEL_KEEP_ALIVE, model.keep_alive, where or f"model {model.name}")
+    except ConfigError:
+        raise ConfigError(f"config error: {where} ({model.name}): keep_alive = "
+                          f"{model.keep_alive!r} is invalid: expected a duration (`5m`, `1h`) "
+                          "or seconds (negative: forever)") from None
 
 
 def _file_aliases(raw: object, path: Path) -> dict[str, str]:
@@ -437,14 +532,17 @@ def _apply_env(env: Mapping[str, str], values: dict[str, Any],
     if ollama_host and not env.get("VLLAMA_HOST"):
         _apply_host(ollama_host, "OLLAMA_HOST", values, sources, Source("env", "OLLAMA_HOST"))
     for setting in SETTINGS:
-        raw = env.get(setting.env_var)
+        name = setting.env_var
+        raw = env.get(name)
+        if not raw and setting.ollama_env:
+            name, raw = setting.ollama_env, env.get(setting.ollama_env)
         if raw is None or raw == "" or not setting.env:
             continue
-        src = Source("env", setting.env_var)
+        src = Source("env", name)
         if setting.key == "host":
             _apply_host(raw, setting.env_var, values, sources, src)
             continue
-        values[setting.key] = coerce(setting, raw, f"from {setting.env_var}", from_text=True)
+        values[setting.key] = coerce(setting, raw, f"from {name}", from_text=True)
         sources[setting.key] = src
     if env.get("OLLAMA_ORIGINS") and not env.get("VLLAMA_CORS_ORIGINS"):
         values["cors_origins"] = coerce(SETTINGS_BY_KEY["cors_origins"], env["OLLAMA_ORIGINS"],
@@ -621,7 +719,8 @@ def example_toml() -> str:
            "# `vllama config` prints the effective values and where each came from.", ""]
     for setting in SETTINGS:
         out.append(f"# {setting.help}")
-        out.append(f"# Environment: {setting.env_var}")
+        also = f" (or {setting.ollama_env})" if setting.ollama_env else ""
+        out.append(f"# Environment: {setting.env_var}{also}")
         out.append(f"#{setting.key} = {_toml_value(setting.default)}")
         out.append("")
     out += [
@@ -660,7 +759,8 @@ def markdown_table() -> str:
         else:
             default = f"`{default}`"
         meaning = s.help.replace("|", "\\|")
-        rows.append(f"| `{s.key}` | `{s.env_var}` | {default} | {_describe(s)} | {meaning} |")
+        env = f"`{s.env_var}`" + (f" or `{s.ollama_env}`" if s.ollama_env else "")
+        rows.append(f"| `{s.key}` | {env} | {default} | {_describe(s)} | {meaning} |")
     return "\n".join(rows) + "\n"
 
 

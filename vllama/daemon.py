@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import signal
@@ -35,15 +36,19 @@ import aiohttp
 from aiohttp import web
 
 from vllama import config as config_mod
-from vllama.config import Config, Loaded
+from vllama.config import Config, Loaded, ModelConfig
 from vllama.errors import ConfigError
 from vllama.gateway.app import make_app
 from vllama.gateway.keys import METRICS, Services
 from vllama.gateway.metrics import gauge
-from vllama.gateway.targets import ROUTER, build_targets
+from vllama.gateway.targets import ROUTER
 from vllama.gpu import GpuMonitor, import_nvml
 from vllama.models import facts
 from vllama.models.store import ModelStore
+from vllama.scheduler.capacity import Capacity
+from vllama.scheduler.engines import EnginePost, SupervisedEngines
+from vllama.scheduler.scheduler import Policy, Scheduler
+from vllama.scheduler.state import Slot
 from vllama.supervisor import (
     BackoffPolicy,
     Engine,
@@ -75,6 +80,34 @@ def engine_settings(cfg: Config) -> EngineSettings:
                               restart_max=cfg.restart_max, window=cfg.restart_window,
                               stable_after=cfg.restart_stable_after),
     )
+
+
+def model_keep_alive(cfg: Config, model: ModelConfig) -> float:
+    """A configured model's keep_alive: its own, else forever when it is preloaded (an
+    operator who lists a model to load at start wants it kept), else the default."""
+    own = config_mod.model_keep_alive(model)
+    if own is not None:
+        return own
+    return math.inf if model.preload else cfg.keep_alive
+
+
+def scheduler_policy(cfg: Config, on_gpu: bool) -> Policy:
+    return Policy(keep_alive=cfg.keep_alive, max_queue=cfg.max_queue,
+                  load_timeout=cfg.load_timeout, sleep=on_gpu and cfg.sleep_mode == "auto")
+
+
+def engine_post(session: aiohttp.ClientSession) -> EnginePost:
+    """POSTs to an engine's own routes (sleep mode) over the daemon's probe session."""
+
+    async def post(port: int, path: str) -> int:
+        try:
+            async with session.post(f"http://127.0.0.1:{port}{path}") as resp:
+                await resp.read()
+                return resp.status
+        except (aiohttp.ClientError, TimeoutError):
+            return 0
+
+    return post
 
 
 def engine_specs(cfg: Config, engine_key: str) -> list[EngineSpec]:
@@ -130,6 +163,10 @@ class Daemon:
     tasks: Tasks
     started: float  # monotonic
     reload_wanted: asyncio.Event  # set by SIGHUP
+    scheduler: Scheduler
+    engines: SupervisedEngines
+    planner: Capacity
+    supervisor_has_gpu: bool
 
     @property
     def where(self) -> str:
@@ -137,7 +174,7 @@ class Daemon:
         return f"http://{cfg.host}:{cfg.port}"
 
     def status_line(self) -> str:
-        return self.supervisor.status_text()
+        return self.scheduler.status_text()
 
     def on_engine_change(self, engine: Engine, previous: EngineState) -> None:
         """Every state change updates STATUS=; the supervisor logs the transition itself,
@@ -169,14 +206,20 @@ class Daemon:
                                 extra={"component": "supervisor", "model": status.model})
             await asyncio.sleep(HEARTBEAT)
 
-    async def announce_ready(self) -> None:
-        """READY=1 once every *preloaded* engine answers; engines of models with
-        preload = false load alongside without holding up start-up."""
-        preloaded = {m.name for m in self.loaded.config.models if m.preload}
-        engines = [e for name, e in self.supervisor.engines.items() if name in preloaded]
-        ok = all(await asyncio.gather(*(e.wait_ready() for e in engines)))
+    def preload(self) -> None:
+        """Load the configured models marked preload, and say READY=1 once they serve."""
+        cfg = self.loaded.config
+        slots = self.scheduler.preload(
+            [m for m in cfg.models if m.is_local and m.preload],
+            lambda m: model_keep_alive(cfg, m))
+        self.tasks.start(self.announce_ready(slots), "ready")
+
+    async def announce_ready(self, slots: list[Slot]) -> None:
+        """READY=1 once every preloaded model serves; models with preload = false load on
+        their first request without holding up start-up."""
+        ok = await self.scheduler.wait_loaded(slots)
         if ok:
-            names = ", ".join(s.model for s in self.supervisor.snapshot()) or "no local models"
+            names = ", ".join(s.key for s in slots) or "no preloaded models"
             logger.info("ready: %s on %s (%.0f s)", names, self.where,
                         time.monotonic() - self.started, extra={"component": "daemon"})
             self.notifier.ready(self.status_line())
@@ -205,26 +248,34 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = config_mod.load(self.cli, self.loaded.environ)
-            specs = engine_specs(new.config, self.services.engine_key)
+            engine_specs(new.config, self.services.engine_key)  # a config error keeps the old
         except ConfigError as exc:
             logger.error("reload failed, keeping the running config: %s", exc.message,
                          extra={"component": "daemon"})
             self.notifier.ready(self.status_line())
             return
+        old = self.loaded.config
         self.loaded = new
-        store = ModelStore.from_config(new.config, new.runtime)
-        self.services.config = new.config
+        cfg = new.config
+        store = ModelStore.from_config(cfg, new.runtime)
+        self.services.config = cfg
         self.services.store = store
-        self.supervisor.settings = engine_settings(new.config)
-        started = await self.supervisor.reload(specs)
-        dropped = self.app[ROUTER].replace(build_targets(
-            new.config, store, self.supervisor.get, self.services.engine_key))
-        for target in dropped:
-            await target.session.close()
+        self.supervisor.settings = engine_settings(cfg)
+        self.scheduler.policy = scheduler_policy(cfg, self.supervisor_has_gpu)
+        self.engines.common_args = tuple(cfg.vllm_args)
+        self.engines.vllm_command = tuple(cfg.vllm_argv)
+        self.planner.configure(cfg, store)
+        # Configured models whose settings changed or that left the config stop; the next
+        # request (or the preload below) starts them with the new settings.
+        wanted = {m.name: m for m in cfg.models if m.is_local}
+        gone = {m.name: m for m in old.models if m.is_local and m.name not in wanted}
+        restarted = await self.scheduler.retire_changed(wanted, gone)
+        for session in self.app[ROUTER].replace(cfg, store):
+            await session.close()
         logger.info("config reloaded from %s; restarted: %s", new.path or "defaults",
-                    ", ".join(started) or "nothing", extra={"component": "daemon"})
+                    ", ".join(restarted) or "nothing", extra={"component": "daemon"})
         self.notifier.ready(self.status_line())
-        self.tasks.start(self.announce_ready(), "ready")
+        self.preload()
 
     def engine_metrics(self) -> list[str]:
         statuses = self.supervisor.snapshot()
@@ -267,7 +318,7 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
     reload_wanted = asyncio.Event()
     _install_signals(stack, stop, reload_wanted)
     engine_key = secrets.token_urlsafe(24)
-    specs = engine_specs(cfg, engine_key)
+    engine_specs(cfg, engine_key)  # a bad engine flag is a config error before anything runs
 
     gpu = GpuMonitor(import_nvml(), cfg.nvml_interval)
     stack.push_async_callback(gpu.stop)
@@ -284,8 +335,15 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
                       cwd=cwd, gpu_freed=gpu_freed)
 
     supervisor = Supervisor(factory, engine_settings(cfg))
-    services = Services(config=cfg, store=ModelStore.from_config(cfg, loaded.runtime),
-                        supervisor=supervisor, gpu=gpu, engine_key=engine_key)
+    store = ModelStore.from_config(cfg, loaded.runtime)
+    engines = SupervisedEngines(supervisor, vllm_command=cfg.vllm_argv,
+                                common_args=cfg.vllm_args, engine_key=engine_key,
+                                post=engine_post(probe_session))
+    planner = Capacity(cfg, store, hw, gpu_snapshot=lambda: gpu.snapshot)
+    scheduler = Scheduler(engines, planner, scheduler_policy(cfg, hw.on_gpu))
+    stack.push_async_callback(scheduler.close)
+    services = Services(config=cfg, store=store, scheduler=scheduler, supervisor=supervisor,
+                        gpu=gpu, engine_key=engine_key)
     app = make_app(services)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
                            # A client that disconnects cancels its handler at once, which
@@ -295,7 +353,7 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
     stack.push_async_callback(runner.cleanup)
     tasks = Tasks()
     daemon = Daemon(loaded, cli, notifier, supervisor, services, app, tasks, started,
-                    reload_wanted)
+                    reload_wanted, scheduler, engines, planner, hw.on_gpu)
     app[METRICS].collectors.append(daemon.engine_metrics)
 
     site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
@@ -310,12 +368,12 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
     logger.info("listening on http://%s:%d", cfg.host, cfg.port, extra={"component": "gateway"})
 
     supervisor.add_listener(daemon.on_engine_change)
+    supervisor.add_listener(scheduler.on_engine_change)
     stack.push_async_callback(supervisor.stop)
-    supervisor.start(specs)
-    notifier.status(supervisor.status_text())
     stack.push_async_callback(tasks.aclose)
+    daemon.preload()
+    notifier.status(daemon.status_line())
     tasks.start(daemon.heartbeat(), "heartbeat")
-    tasks.start(daemon.announce_ready(), "ready")
     tasks.start(daemon.reloader(), "reloader")
     interval = watchdog_interval(loaded.runtime.watchdog_usec, loaded.runtime.watchdog_pid,
                                  os.getpid())

@@ -41,3 +41,23 @@ def flag_value(args: Iterable[str], *flags: str) -> str | None:
 def flags_set(args: Iterable[str]) -> set[str]:
     """Every canonical flag an argv sets (switched off or on)."""
     return {name for name in map(flag_name, args) if name is not None}
+
+
+_DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_BINARY = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def int_value(args: Iterable[str], *flags: str) -> int | None:
+    """An integer flag's value as vLLM reads it (`human_readable_int`: `8k` is 8,000, `8K`
+    is 8,192, `25.6k` is 25,600); None when absent or not a number."""
+    value = (flag_value(args, *flags) or "").strip()
+    if not value:
+        return None
+    try:
+        if value[-1] in _DECIMAL:
+            return int(float(value[:-1]) * _DECIMAL[value[-1]])
+        if value[-1] in _BINARY:
+            return int(value[:-1]) * _BINARY[value[-1]]
+        return int(value)
+    except ValueError:
+        return None

@@ -174,6 +174,9 @@ def test_aliases_table(store: ModelStore) -> None:
             "origin": "builtin"} in table
 
 
+STOPPED: list[dict[str, object]] = []
+
+
 @pytest.fixture
 async def daemon() -> AsyncIterator[str]:
     async def ps(request: web.Request) -> web.Response:
@@ -181,10 +184,22 @@ async def daemon() -> AsyncIterator[str]:
         return web.json_response({"models": [{
             "name": "qwen2.5:7b", "model": "qwen2.5:7b", "digest": "ab" * 32,
             "size": 16_000_000_000, "size_vram": 16_000_000_000, "context_length": 32768,
-            "expires_at": "2318-01-01T00:00:00Z", "details": {}}]})
+            "expires_at": "2318-01-01T00:00:00Z", "details": {}, "state": "loaded"}, {
+            "name": "llama3.2:1b", "model": "llama3.2:1b", "digest": "cd" * 32,
+            "size": 3_000_000_000, "size_vram": 0, "context_length": 8192,
+            "expires_at": "2318-01-01T00:00:00Z", "details": {}, "state": "sleeping"}]})
+
+    async def generate(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body["model"] == "nothing":
+            return web.json_response({"error": "model 'nothing' not found"}, status=404)
+        STOPPED.append(body)
+        return web.json_response({"model": body["model"], "done": True,
+                                  "done_reason": "unload"})
 
     app = web.Application()
     app.router.add_get("/api/ps", ps)
+    app.router.add_post("/api/generate", generate)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
@@ -198,13 +213,26 @@ async def test_ps_asks_the_daemon(store: ModelStore, daemon: str) -> None:
     ctx.api_key = "sekrit"
     assert await asyncio.to_thread(commands.cmd_ps, ctx) == EXIT_OK
     rows = out_of(ctx).splitlines()
-    assert re.fullmatch(r"NAME\s+ID\s+SIZE\s+PROCESSOR\s+CONTEXT\s+UNTIL", rows[0])
-    assert re.fullmatch(r"qwen2\.5:7b\s+abababababab\s+16 GB\s+100% GPU\s+32768\s+Forever",
-                        rows[1])
+    assert re.fullmatch(r"NAME\s+ID\s+SIZE\s+PROCESSOR\s+CONTEXT\s+STATE\s+UNTIL", rows[0])
+    assert re.fullmatch(r"qwen2\.5:7b\s+abababababab\s+16 GB\s+100% GPU\s+32768\s+loaded"
+                        r"\s+Forever", rows[1])
+    # a sleeping model holds no GPU memory and has no deadline
+    assert re.fullmatch(r"llama3\.2:1b\s+cdcdcdcdcdcd\s+3 GB\s+100% CPU\s+8192\s+sleeping",
+                        rows[2])
     ctx = ctx_for(store, base_url=daemon)
     ctx.api_key = "sekrit"
     assert await asyncio.to_thread(commands.cmd_ps, ctx, json_mode=True) == EXIT_OK
     assert json.loads(out_of(ctx))["models"][0]["context_length"] == 32768
+
+
+async def test_stop_unloads_through_the_daemon(store: ModelStore, daemon: str) -> None:
+    ctx = ctx_for(store, base_url=daemon)
+    assert await asyncio.to_thread(commands.cmd_stop, ctx, "qwen2.5:7b") == EXIT_OK
+    assert STOPPED[-1] == {"model": "qwen2.5:7b", "keep_alive": 0}  # as `ollama stop` asks
+    assert "stopped 'qwen2.5:7b'" in out_of(ctx)
+    ctx = ctx_for(store, base_url=daemon)
+    assert await asyncio.to_thread(commands.cmd_stop, ctx, "nothing") == EXIT_NOT_FOUND
+    assert 'couldn\'t find model "nothing" to stop' in err_of(ctx)
 
 
 async def test_ps_without_a_daemon(store: ModelStore) -> None:

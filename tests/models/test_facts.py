@@ -12,6 +12,7 @@ import pytest
 from vllama.config import ModelConfig
 from vllama.models import facts
 from vllama.models.facts import ModelFiles
+from vllama.models.weights import estimate_parameters
 
 
 @pytest.mark.parametrize(
@@ -33,7 +34,10 @@ def test_capabilities_from_engine_flags(args: tuple[str, ...], names: list[str])
 
 @pytest.mark.parametrize(
     ("args", "length"),
-    [(("--max-model-len", "4096"),  4096), (("--max_model_len=8k",), 8192), ((), 2048)],
+    # vLLM's human_readable_int: k is 1,000 and K is 1,024
+    [(("--max-model-len", "4096"),  4096), (("--max_model_len=8k",), 8000),
+     (("--max-model-len=8K",), 8192), (("--max-model-len", "25.6k"), 25600),
+     (("--max-model-len", "big"), 2048), ((), 2048)],
 )
 def test_max_model_len(args: tuple[str, ...], length: int) -> None:
     files = ModelFiles(config={"max_position_embeddings": 2048})
@@ -61,7 +65,7 @@ QWEN = {"model_type": "qwen2", "hidden_size": 3584, "num_hidden_layers": 28,
 
 def _estimated(config: dict[str, object]) -> ModelFiles:
     return ModelFiles(config=config,
-                      parameter_count=facts.estimate_parameter_count(config) or 0,
+                      parameter_count=estimate_parameters(config) or 0,
                       parameters_from="estimate")
 
 

@@ -65,12 +65,12 @@ async def test_store_and_served_models_together(aiohttp_client: Any, aiohttp_ser
         "model": "mine", "prompt": "x", "stream": False}))
     assert resp.status == 200
 
-    # Pulled but not served: a clear 400 that says how to serve it.
+    # Pulled but not configured: servable, loaded on demand by the scheduler; this gateway has
+    # none (the scheduler tier runs the load), so it says why it cannot.
     resp = await client.post("/api/chat", data=msgspec.json.encode({
         "model": "house-model:v2", "messages": [{"role": "user", "content": "hi"}]}))
-    assert resp.status == 400
-    error = (await resp.json())["error"]
-    assert "no engine serves it" in error and "systemctl reload vllama" in error
+    assert resp.status == 503
+    assert "vllama runs no engines here" in (await resp.json())["error"]
 
     # show covers local models that no engine serves, and 404s the rest.
     shown = await (await client.post("/api/show", data=b'{"model": "house-model:v2"}')).json()

@@ -344,7 +344,7 @@ async def test_removed_flag_fails_before_spawning(make: Make) -> None:
     assert "--enable-log-requests" in last.hint and last.code is None  # nothing was spawned
 
 
-async def test_supervisor_start_reload_stop(session: aiohttp.ClientSession) -> None:
+async def test_supervisor_launch_retire_stop(session: aiohttp.ClientSession) -> None:
     def factory(spec: EngineSpec, st: EngineSettings) -> Engine:
         return Engine(
             spec,
@@ -361,7 +361,10 @@ async def test_supervisor_start_reload_stop(session: aiohttp.ClientSession) -> N
     a = EngineSpec(name="a", source="/m/a", vllm_command=FAKE)
     b = EngineSpec(name="b", source="/m/b", vllm_command=FAKE)
     try:
-        sup.start([a, b])
+        sup.launch(a)
+        sup.launch(b)
+        with pytest.raises(ValueError, match="already runs"):
+            sup.launch(a)  # one engine per name: the scheduler retires before it relaunches
         assert not sup.ready
         assert sup.status_text().startswith("model 'a' is loading (")
         async with asyncio.timeout(WAIT):
@@ -373,29 +376,26 @@ async def test_supervisor_start_reload_stop(session: aiohttp.ClientSession) -> N
         pid_a, pid_b = snap["a"].pid, snap["b"].pid
         assert pid_a is not None and pid_b is not None
 
+        await sup.retire("b")
+        assert group_members(pid_b) == []  # the retired engine's child is gone
+        assert sorted(sup.engines) == ["a"] and sup.get("b") is None
+        assert ("b", EngineState.READY) in seen and ("b", EngineState.STOPPED) in seen
+        await sup.retire("b")  # retiring what is not there is a no-op
         b2 = EngineSpec(
             name="b", source="/m/b", vllm_command=FAKE, vllm_args=("--max-model-len", "512")
         )
-        c = EngineSpec(name="c", source="/m/c", vllm_command=FAKE)
-        started = await sup.reload([a, b2, c])
-        assert sorted(started) == ["b", "c"]
-        assert group_members(pid_b) == []  # the changed engine's old child is gone
+        sup.launch(b2)
         async with asyncio.timeout(WAIT):
             assert await sup.wait_ready()
         snap = {s.model: s for s in sup.snapshot()}
-        assert snap["a"].pid == pid_a  # unchanged: untouched
-        assert snap["b"].pid != pid_b
-        assert sorted(snap) == ["a", "b", "c"]
-
-        await sup.reload([a])
-        assert sorted(sup.engines) == ["a"]
-        assert ("c", EngineState.READY) in seen and ("c", EngineState.STOPPED) in seen
+        assert snap["a"].pid == pid_a  # untouched
+        assert snap["b"].pid not in (None, pid_b)
     finally:
         pids = [s.pid for s in sup.snapshot() if s.pid is not None]
         async with asyncio.timeout(WAIT):
             await sup.stop()
     assert all(group_members(p) == [] for p in pids)
-    assert {s.state for s in sup.snapshot()} == {EngineState.STOPPED}
+    assert sup.snapshot() == []
 
 
 async def test_parent_death_signal_reaches_the_child() -> None:
@@ -428,27 +428,3 @@ async def test_parent_death_signal_reaches_the_child() -> None:
             await parent.wait()
         if grandchild and alive(grandchild):
             os.kill(grandchild, signal.SIGKILL)
-
-
-async def test_reload_retries_a_failed_engine(session: aiohttp.ClientSession) -> None:
-    """An unchanged but failed engine is restarted on reload ("try again" after a fix)."""
-
-    def factory(spec: EngineSpec, st: EngineSettings) -> Engine:
-        return Engine(
-            spec, st, hardware=CPU, probe=health_probe(session), environ={}, cwd=str(REPO_ROOT)
-        )
-
-    sup = Supervisor(factory, settings())
-    bad = EngineSpec(name="bad", source="/m", vllm_command=FAKE, vllm_args=("--task", "embed"))
-    try:
-        sup.start([bad])
-        async with asyncio.timeout(WAIT):
-            assert not await sup.wait_ready()
-        first = sup.get("bad")
-        assert first is not None and first.state is EngineState.FAILED
-        assert "model 'bad' failed: vllm_args: --task was removed" in sup.status_text()
-        assert await sup.reload([bad]) == ["bad"]
-        assert sup.get("bad") is not first
-    finally:
-        async with asyncio.timeout(WAIT):
-            await sup.stop()

@@ -15,7 +15,7 @@ from vllama.gateway import (
 )
 from vllama.gateway.keys import METRICS, SERVICES, Services
 from vllama.gateway.metrics import Metrics
-from vllama.gateway.targets import ROUTER, Router, router_ctx
+from vllama.gateway.targets import router_ctx
 
 
 async def root(request: web.Request) -> web.Response:
@@ -44,8 +44,5 @@ def make_app(services: Services) -> web.Application:
             app.router.add_get(path, handler)  # answers HEAD too, as Ollama's routes do
         else:
             app.router.add_route(method, path, handler)
-    lookup = services.supervisor.get if services.supervisor is not None else None
-    app[ROUTER] = Router(())
-    app.cleanup_ctx.append(router_ctx(services.config, services.store, lookup,
-                                      services.engine_key))
+    app.cleanup_ctx.append(router_ctx(services.config, services.store, services.engine_key))
     return app

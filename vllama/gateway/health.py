@@ -23,11 +23,17 @@ def health_document(request: web.Request) -> tuple[bool, dict[str, Any]]:
     engines: list[dict[str, Any]] = []
     ready = True
     reasons: list[str] = []
+    models: list[dict[str, Any]] = []
     if services.supervisor is not None:
         statuses = services.supervisor.snapshot()
         engines = [msgspec.to_builtins(s) for s in statuses]
         ready = bool(services.supervisor.ready)
         reasons = [s.reason for s in statuses if s.reason]
+    if services.scheduler is not None:
+        # Ready means "can serve": models that load on demand (or sleep) do not count, the
+        # preloaded and pinned ones do.
+        ready = services.scheduler.ready
+        models = [msgspec.to_builtins(s) for s in services.scheduler.snapshot()]
     gpus: Any = {"available": False, "reason": "GPU monitor not started"}
     if services.gpu is not None:
         gpus = msgspec.to_builtins(services.gpu.snapshot)
@@ -36,8 +42,11 @@ def health_document(request: web.Request) -> tuple[bool, dict[str, Any]]:
         "version": __version__,
         "uptime_s": round(time.time() - services.started, 3),
         "engines": engines,
+        "models": models,
         "gpus": gpus,
     }
+    if services.scheduler is not None:
+        doc["queued"] = dict(services.scheduler.queued)
     if reasons:
         doc["reasons"] = reasons
     return ready, doc

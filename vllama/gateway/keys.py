@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from vllama.config import Config
-from vllama.gateway.seams import GpuView, StoreView, SupervisorView
+from vllama.gateway.seams import GpuView, SchedulerView, StoreView, SupervisorView
 from vllama.models.store import ModelStore
 
 if TYPE_CHECKING:
@@ -18,12 +18,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class Services:
-    """What the daemon hands the gateway. The gateway owns none of these: it reads the
-    supervisor and the GPU monitor through the protocols in `seams`, and asks the model store
-    what a name means."""
+    """What the daemon hands the gateway. The gateway owns none of these: it asks the model
+    store what a name means and the scheduler for a lease on a model, and reads the
+    supervisor and the GPU monitor, all through the protocols in `seams`."""
 
     config: Config
     store: StoreView
+    scheduler: SchedulerView | None = None
     supervisor: SupervisorView | None = None
     gpu: GpuView | None = None
     # The private key the daemon gives its engines (VLLM_API_KEY): only the gateway uses them.

@@ -15,9 +15,10 @@ import msgspec
 from aiohttp import web
 
 from vllama.gateway.keys import MODEL, SERVICES
-from vllama.gateway.targets import ROUTER
+from vllama.gateway.targets import ROUTER, Target
 from vllama.models import facts
 from vllama.models.names import InvalidName, display_name
+from vllama.scheduler.state import SlotState, SlotStatus
 from vllama.supervisor.procs import group_members
 from vllama.translate.decode import decode_show
 from vllama.translate.models import invalid_name, name_error
@@ -67,28 +68,58 @@ def _gpu_memory(request: web.Request, pids: Iterable[int]) -> int:
                for proc in device.processes if proc.pid in wanted)
 
 
+def _expires(status: SlotStatus, now_ns: int) -> str:
+    """When the model unloads: its keep_alive deadline; far away when kept forever; from now
+    while it is busy or loading (the clock starts when its last request ends)."""
+    if status.keep_alive is None:
+        return rfc3339_local(now_ns + _FOREVER_NS)
+    if status.expires_at is not None:
+        return rfc3339_local(int(status.expires_at * 1e9))
+    return rfc3339_local(now_ns + int(status.keep_alive * 1e9))
+
+
 async def ps(request: web.Request) -> web.Response:
-    models = []
-    expires = rfc3339_local(time.time_ns() + _FOREVER_NS)
-    for target in request.app[ROUTER].targets:
-        engine = target.engine
-        if target.model.is_local and (engine is None or not engine.ready):
-            continue  # not loaded: /api/ps tells the truth
-        found = target.found
-        size = vram = found.size if found is not None else 0
+    """What is loaded (or loading, or sleeping) now, with its memory and `expires_at`."""
+    services = request.app[SERVICES]
+    router = request.app[ROUTER]
+    now_ns = time.time_ns()
+    rows: list[tuple[str, ProcessModel]] = []
+    for target in router.targets:
+        if not target.model.is_local:  # a remote upstream counts as loaded, forever
+            found = target.found
+            rows.append(("", _process(target.name, target, found.size if found else 0, 0,
+                                      expires=rfc3339_local(now_ns + _FOREVER_NS),
+                                      state="loaded")))
+    scheduler = services.scheduler
+    for status in scheduler.snapshot() if scheduler is not None else ():
+        if status.state is SlotState.UNLOADING:
+            continue
+        slot_target = router.named(status.model)
+        engine = services.supervisor.get(status.model) if services.supervisor else None
         pid = engine.status().pid if engine is not None else None
+        size = vram = 0
         if pid:  # the engine's process group, read once: GPU memory, else resident memory
             members = group_members(pid)
             vram = _gpu_memory(request, members)
-            size = vram or rss(members)
-        name = display_name(target.name)
-        models.append(ProcessModel(name=name, model=name, size=size,
-                                   digest=found.digest if found is not None else "",
-                                   details=facts.details(target.files,
-                                                         target.context_length or None),
-                                   expires_at=expires, size_vram=vram,
-                                   context_length=target.context_length))
-    return _json(ProcessResponse(models=models))
+            size = max(vram, rss(members)) if vram else rss(members)
+        expires = _expires(status, now_ns)
+        rows.append((expires, _process(status.model, slot_target, size, vram, expires=expires,
+                                       state=status.state.value)))
+    # Ollama sorts by expires_at, latest first (the forever-kept ones on top).
+    rows.sort(key=lambda r: r[1].expires_at, reverse=True)
+    return _json(ProcessResponse(models=[row for _, row in rows]))
+
+
+def _process(name: str, target: Target | None, size: int, vram: int, *, expires: str,
+             state: str) -> ProcessModel:
+    shown = display_name(name)
+    files = target.files if target is not None else facts.NO_FILES
+    context = target.context_length if target is not None else 0
+    found = target.found if target is not None else None
+    return ProcessModel(name=shown, model=shown, size=size or (found.size if found else 0),
+                        digest=found.digest if found is not None else "",
+                        details=facts.details(files, context or None), expires_at=expires,
+                        size_vram=vram, context_length=context, state=state)
 
 
 async def show(request: web.Request) -> web.Response:

@@ -18,8 +18,8 @@ import msgspec
 from aiohttp import web
 
 from vllama.errors import EngineDied, VllamaError
-from vllama.gateway.keys import METRICS, MODEL, REQUEST_ID, TOKENS
-from vllama.gateway.targets import Target, route
+from vllama.gateway.keys import METRICS, MODEL, REQUEST_ID, SERVICES, TOKENS
+from vllama.gateway.targets import Target, api_url, leased, route
 from vllama.models.store import Overrides
 from vllama.translate import replies
 from vllama.translate import request as to_openai
@@ -71,19 +71,17 @@ async def generate(request: web.Request) -> web.StreamResponse:
     req.options = _apply_defaults_options(req.options, params)
     action = to_openai.generate_action(req)
     if action == "unload":  # Ollama answers an unload before any other check
-        return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
-                                   chat=False))
+        return await _unload(request, target, req.model or "", chat=False)
     think = to_openai.check_generate(req, target.caps)
     if action == "load":
-        target.base_url()  # loading or crashed: 503 with the reason
-        return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
-                                   chat=False))
+        return await _load(request, target, req.model or "", req.keep_alive, chat=False)
     path, body = to_openai.generate_to_openai(req, target.upstream_model, target.caps)
     acc = StreamAccumulator(model=req.model or "", chat=False, t0_ns=t0, now_ns=time.time_ns,
                             created_at=target.created_at,
                             think=think, stream=req.stream is not False,
                             logprobs=bool(req.logprobs))
-    return await _run_stream(request, target, path, body, acc)
+    async with leased(request, target, req.keep_alive) as base:
+        return await _run_stream(request, target, api_url(base, path), body, acc)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -96,19 +94,35 @@ async def chat(request: web.Request) -> web.StreamResponse:
     req.options = _apply_defaults_options(req.options, params)
     action = to_openai.chat_action(req)
     if action == "unload":
-        return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
-                                   chat=True))
+        return await _unload(request, target, req.model or "", chat=True)
     think = to_openai.check_chat(req, target.caps)
     if action == "load":
-        target.base_url()
-        return _json(special_reply(req.model or "", rfc3339_utc(time.time_ns()), action,
-                                   chat=True))
+        return await _load(request, target, req.model or "", req.keep_alive, chat=True)
     body = to_openai.chat_to_openai(req, target.upstream_model, target.caps)
     acc = StreamAccumulator(model=req.model or "", chat=True, t0_ns=t0, now_ns=time.time_ns,
                             created_at=target.created_at,
                             think=think, stream=req.stream is not False,
                             has_tools=bool(req.tools), logprobs=bool(req.logprobs))
-    return await _run_stream(request, target, "/v1/chat/completions", body, acc)
+    async with leased(request, target, req.keep_alive) as base:
+        return await _run_stream(request, target, api_url(base, to_openai.CHAT_PATH), body,
+                                 acc)
+
+
+async def _load(request: web.Request, target: Target, model: str, keep_alive: float | None,
+                *, chat: bool) -> web.Response:
+    """An empty prompt loads the model (and answers once it serves)."""
+    async with leased(request, target, keep_alive):
+        pass
+    return _json(special_reply(model, rfc3339_utc(time.time_ns()), "load", chat=chat))
+
+
+async def _unload(request: web.Request, target: Target, model: str, *, chat: bool
+                  ) -> web.Response:
+    """keep_alive 0 with an empty prompt unloads the model (after its in-flight requests)."""
+    scheduler = request.app[SERVICES].scheduler
+    if scheduler is not None and target.model.is_local:
+        await scheduler.unload(target.name)
+    return _json(special_reply(model, rfc3339_utc(time.time_ns()), "unload", chat=chat))
 
 
 class _NdjsonResponse(web.StreamResponse):
@@ -123,9 +137,8 @@ def _ndjson() -> web.StreamResponse:
     return _NdjsonResponse(headers={"Content-Type": NDJSON})
 
 
-async def _run_stream(request: web.Request, target: Target, path: str, body: dict[str, Any],
+async def _run_stream(request: web.Request, target: Target, url: str, body: dict[str, Any],
                       acc: StreamAccumulator) -> web.StreamResponse:
-    url = target.server_url() + path
     headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
     endpoint: Endpoint = "chat" if acc.chat else "generate"
     out: web.StreamResponse | None = None
@@ -195,12 +208,15 @@ async def _write_error(out: web.StreamResponse, message: str) -> None:
 
 
 async def _post_json(request: web.Request, target: Target, body: dict[str, Any],
-                     endpoint: Endpoint) -> bytes:
-    url = target.server_url() + to_openai.EMBEDDINGS_PATH
+                     endpoint: Endpoint, keep_alive: float | None) -> tuple[bytes, int]:
+    """The upstream's reply and when the model was ready (ns), for load_duration."""
     headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
     try:
-        async with post(target.session, url, _encode(body), headers) as upstream:
-            return await upstream.read()
+        async with leased(request, target, keep_alive) as base:
+            t_up = time.time_ns()
+            async with post(target.session, api_url(base, to_openai.EMBEDDINGS_PATH),
+                            _encode(body), headers) as upstream:
+                return await upstream.read(), t_up
     except EngineDied:
         raise EngineDied("model runner has unexpectedly stopped while embedding") from None
     except VllamaError as exc:
@@ -213,12 +229,11 @@ async def embed(request: web.Request) -> web.Response:
     target, _ = await route(request, "embed", req.model or "")
     inputs = to_openai.embed_inputs(req.input)
     if not inputs:
-        target.base_url()
-        return _json(replies.embed_empty_reply(req.model or ""))
+        async with leased(request, target, req.keep_alive):  # loads the model, like Ollama
+            return _json(replies.embed_empty_reply(req.model or ""))
     body = to_openai.embed_to_openai(req, target.upstream_model, inputs)
-    t_up = time.time_ns()
-    vectors, prompt_tokens = replies.vectors_from_openai(
-        await _post_json(request, target, body, "embed"))
+    raw, t_up = await _post_json(request, target, body, "embed", req.keep_alive)
+    vectors, prompt_tokens = replies.vectors_from_openai(raw)
     request[TOKENS] = (prompt_tokens, 0)
     return _json(replies.embed_reply(req.model or "", vectors, dimensions=req.dimensions,
                              prompt_eval_count=prompt_tokens,
@@ -229,11 +244,11 @@ async def embeddings(request: web.Request) -> web.Response:
     req = decode_embeddings(await request.read())
     target, _ = await route(request, "embeddings", req.model or "")
     if not req.prompt:
-        target.base_url()
-        return _json(replies.embeddings_empty_reply())
+        async with leased(request, target, req.keep_alive):
+            return _json(replies.embeddings_empty_reply())
     body = to_openai.embeddings_to_openai(req, target.upstream_model)
-    vectors, prompt_tokens = replies.vectors_from_openai(
-        await _post_json(request, target, body, "embeddings"))
+    raw, _ = await _post_json(request, target, body, "embeddings", req.keep_alive)
+    vectors, prompt_tokens = replies.vectors_from_openai(raw)
     request[TOKENS] = (prompt_tokens, 0)
     if not vectors:
         raise EngineDied("upstream returned no embedding")

@@ -4,12 +4,14 @@ client uses differs from the id the upstream knows."""
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from aiohttp import web
 
 from vllama.errors import BadRequest, EngineDied, NotFound
-from vllama.gateway.keys import REQUEST_ID
-from vllama.gateway.targets import ROUTER, Target, route
+from vllama.gateway.keys import REQUEST_ID, SERVICES
+from vllama.gateway.targets import Target, api_url, leased, route
 from vllama.upstream import post
 
 _encode = msgspec.json.Encoder().encode
@@ -47,9 +49,9 @@ async def _target(request: web.Request, body: bytes) -> tuple[Target, bytes]:
 async def relay(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     target, body = await _target(request, body)
-    url = target.base_url() + request.path[len("/v1"):]
     headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
-    async with post(target.session, url, body, headers) as upstream:
+    async with (leased(request, target) as base,
+                post(target.session, api_url(base, request.path), body, headers) as upstream):
         out = web.StreamResponse(status=upstream.status)
         for key, value in upstream.headers.items():
             if key.lower() not in _DROP:
@@ -70,13 +72,19 @@ async def relay(request: web.Request) -> web.StreamResponse:
         return out
 
 
-def _model_entry(target: Target) -> dict[str, object]:
-    return {"id": target.name, "object": "model", "created": int(target.created),
-            "owned_by": "vllama"}
+def _model_entry(model_id: str, created: float) -> dict[str, object]:
+    return {"id": model_id, "object": "model", "created": int(created), "owned_by": "vllama"}
 
 
 async def list_models(request: web.Request) -> web.Response:
-    data = [_model_entry(t) for t in request.app[ROUTER].targets]
+    """Every model /api/tags lists; a configured model under the name it was configured with."""
+    store = request.app[SERVICES].store
+
+    def entries() -> list[dict[str, object]]:
+        return [_model_entry(m.model.name if m.kind == "served" else m.name, m.modified)
+                for m in store.list_models()]
+
+    data = await asyncio.to_thread(entries)
     return web.Response(body=_encode({"object": "list", "data": data}),
                         content_type="application/json")
 
@@ -87,7 +95,9 @@ async def get_model(request: web.Request) -> web.Response:
         target, _ = await route(request, "generate", name)
     except (BadRequest, NotFound):
         raise NotFound(f"model '{name}' not found") from None
-    return web.Response(body=_encode(_model_entry(target)), content_type="application/json")
+    created = target.found.modified if target.found is not None else target.created
+    return web.Response(body=_encode(_model_entry(target.name, created)),
+                        content_type="application/json")
 
 
 ROUTES = (*(("POST", path, relay) for path in ("/v1/chat/completions", "/v1/completions",

@@ -1,15 +1,18 @@
-"""What the gateway needs of the objects the daemon hands it: the supervisor, its engines, the
-GPU monitor and the model store. Protocols, so the gateway depends on these few members and
-nothing else (and tests can hand it small real objects)."""
+"""What the gateway needs of the objects the daemon hands it: the scheduler, the supervisor and
+its engines, the GPU monitor and the model store. Protocols, so the gateway depends on these
+few members and nothing else (and tests can hand it small real objects)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from vllama.config import ModelConfig
 from vllama.gpu import GpuSnapshot
 from vllama.models.names import Resolved
 from vllama.models.store import LocalModel, Overrides
+from vllama.scheduler.state import Lease, SlotStatus
 from vllama.supervisor.state import EngineStatus
 from vllama.translate.request import ModelCaps
 from vllama.wire.ollama import ListModel, ShowResponse
@@ -36,6 +39,24 @@ class SupervisorView(Protocol):
     def get(self, name: str) -> EngineView | None: ...
 
     def snapshot(self) -> list[EngineStatus]: ...
+
+
+class SchedulerView(Protocol):
+    """The scheduler (vllama.scheduler.Scheduler): leases on models, unloads, what is loaded."""
+
+    def lease(self, model: ModelConfig, keep_alive: float | None = None
+              ) -> AbstractAsyncContextManager[Lease]: ...
+
+    async def unload(self, key: str, reason: str = "asked") -> bool: ...
+
+    def snapshot(self) -> list[SlotStatus]: ...
+
+    @property
+    def queued(self) -> Mapping[str, int]: ...
+
+    @property
+    def ready(self) -> bool:
+        """Every model that must stay loaded (preloaded, pinned) serves."""
 
 
 class GpuView(Protocol):

@@ -1,26 +1,29 @@
 """Which upstream serves which model: the routing table of the gateway.
 
-One `Target` per configured model. A local target reaches its engine (owned by the supervisor)
-on 127.0.0.1:<port>; an external target reaches a configured base URL. Each target has its own
-pooled `ClientSession`, created and closed with the app (`cleanup_ctx`). Which model a name
-means is the model store's answer (`vllama.models`), never the router's.
+A `Target` is a model clients can reach and what the gateway needs to talk to it: its facts
+(capabilities, context length) and a pooled `ClientSession`. Remote upstreams have a session
+each (each has its own key); every local engine is reached through one shared session that
+carries the engines' private key. Targets of configured models are built with the app; a
+local model that nobody configured gets its target on first use. Which model a name means is
+the model store's answer (`vllama.models`), never the router's; when a local model runs is the
+scheduler's (`leased`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
-import msgspec
 from aiohttp import web
 
 from vllama.config import Config, ModelConfig
-from vllama.errors import BadRequest, Unavailable
+from vllama.errors import Unavailable
 from vllama.gateway.keys import MODEL, SERVICES
-from vllama.gateway.seams import EngineView, StoreView
+from vllama.gateway.seams import StoreView
 from vllama.models import facts
 from vllama.models.facts import ModelFiles
 from vllama.models.names import InvalidName
@@ -30,31 +33,21 @@ from vllama.translate.request import ModelCaps
 from vllama.translate.values import CreatedAt
 from vllama.upstream import new_session
 
-EngineLookup = Callable[[str], EngineView | None]
-
 
 @dataclass
 class Target:
-    """One configured model, and how to reach the server that serves it."""
+    """One model clients can reach, and how to talk to the server that serves it."""
 
     model: ModelConfig
     session: aiohttp.ClientSession  # pooled, from vllama.upstream.new_session
     caps: ModelCaps
     context_length: int = 0
-    # The model as the store listed it when the table was built (files, size, digest).
+    # The model as the store described it when the target was built (files, size, digest).
     found: LocalModel | None = None
-    lookup: EngineLookup | None = None
     created: float = field(default_factory=time.time)
     # created_at formatter shared by this target's requests: its per-second cache then
     # survives from one request to the next (a fresh one per request formats every time).
     created_at: CreatedAt = field(default_factory=CreatedAt, repr=False, compare=False)
-
-    @property
-    def engine(self) -> EngineView | None:
-        """The supervised engine, looked up live (engines are replaced on reload)."""
-        if self.model.upstream or self.lookup is None:
-            return None
-        return self.lookup(self.model.name)
 
     @property
     def name(self) -> str:
@@ -69,93 +62,90 @@ class Target:
         """The model id the upstream knows: our served-model-name for local engines."""
         return self.model.upstream_model or self.model.name
 
-    def base_url(self) -> str:
-        """Where requests go now; Unavailable (503, with why) while the engine is not ready."""
-        if self.model.upstream:
-            return self.model.upstream.rstrip("/")
-        engine = self.engine
-        if engine is None:
-            raise Unavailable(f"model '{self.name}' is not running yet (vllama is starting)")
-        if not engine.ready or engine.port is None:
-            raise Unavailable(engine.unavailable_reason())
-        return f"http://127.0.0.1:{engine.port}/v1"
-
-    def server_url(self) -> str:
-        """Base URL without /v1, for vLLM's own routes (/health, /tokenize, /metrics)."""
-        base = self.base_url()
-        return base[:-3] if base.endswith("/v1") else base
-
 
 class Router:
-    """Configured model name -> Target. Built once from config (and rebuilt on reload);
-    read-only on the request path, so no lock is needed."""
+    """Model name -> Target. Reads take no lock: the table is only added to (a target for a
+    model met for the first time) or swapped whole (config reload), never edited in place."""
 
-    def __init__(self, targets: Iterable[Target]) -> None:
-        self._index(list(targets))
+    def __init__(self, config: Config, local_session: aiohttp.ClientSession | None) -> None:
+        self.config = config
+        self.local_session = local_session
+        self._by_name: dict[str, Target] = {}
 
-    def _index(self, targets: list[Target]) -> None:
-        # Built aside and swapped in whole: a request sees the old or the new table, never a mix.
-        self.targets, self._by_name = targets, {t.name: t for t in targets}
+    @property
+    def targets(self) -> list[Target]:
+        return list(self._by_name.values())
 
-    def replace(self, new: list[Target]) -> list[Target]:
-        """Swap in a new table (config reload). Targets whose model settings did not change
-        are kept with their pooled sessions; returns the dropped targets (close them)."""
-        old = {_model_key(t.model): t for t in self.targets}
-        kept: list[Target] = []
-        unused: list[Target] = []
-        for target in new:
-            previous = old.pop(_model_key(target.model), None)
-            if previous is not None:
-                kept.append(previous)
-                unused.append(target)
+    def named(self, name: str) -> Target | None:
+        return self._by_name.get(name)
+
+    def get(self, model: ModelConfig) -> Target | None:
+        target = self._by_name.get(model.name)
+        return target if target is not None and target.model == model else None
+
+    def build(self, model: ModelConfig, found: LocalModel | None) -> Target:
+        """The target of a model (kept: a later request reuses it)."""
+        existing = self.get(model)
+        if existing is not None:
+            return existing
+        files = found.files if found is not None else facts.NO_FILES
+        args = facts.engine_args(model, self.config.vllm_args)
+        target = Target(model=model, session=self._session_for(model),
+                        caps=facts.capabilities(files, model, args),
+                        context_length=facts.context_length(files, args), found=found)
+        self._by_name = {**self._by_name, model.name: target}
+        return target
+
+    def _session_for(self, model: ModelConfig) -> aiohttp.ClientSession:
+        cfg = self.config
+        if model.is_local and self.local_session is not None:
+            return self.local_session
+        return new_session(limit=cfg.upstream_connections, keepalive=cfg.upstream_keepalive,
+                           connect_timeout=cfg.upstream_connect_timeout,
+                           api_key=model.upstream_api_key)
+
+    def replace(self, config: Config, store: StoreView) -> list[aiohttp.ClientSession]:
+        """Swap in the targets of a new config (reload). Targets whose model did not change
+        are kept with their sessions; returns the sessions of dropped remote targets (close
+        them)."""
+        old = self._by_name
+        self.config = config
+        self._by_name = {}
+        for model in config.models:
+            kept = old.get(model.name)
+            if kept is not None and kept.model == model:
+                self._by_name[model.name] = kept
             else:
-                kept.append(target)
-        self._index(kept)
-        return [*old.values(), *unused]
+                self.build(model, store.find(model.name))
+        live = {id(t.session) for t in self._by_name.values()}
+        return [t.session for t in old.values()
+                if t.session is not self.local_session and id(t.session) not in live]
 
-    def for_model(self, model: ModelConfig) -> Target | None:
-        """The target of a configured model (as the store resolved it)."""
-        return self._by_name.get(model.name)
+    async def close(self) -> None:
+        for target in self._by_name.values():
+            if target.session is not self.local_session:
+                await target.session.close()
+        if self.local_session is not None:
+            await self.local_session.close()
 
 
 ROUTER = web.AppKey("router", Router)
 
 
-def _model_key(model: ModelConfig) -> bytes:
-    return msgspec.json.encode(model)
-
-
-def build_targets(cfg: Config, store: StoreView, lookup: EngineLookup | None,
-                  engine_key: str = "") -> list[Target]:
-    """One target per configured model. `engine_key` is the private key the daemon gives its
-    engines (VLLM_API_KEY), so only the gateway can use them."""
-    targets = []
-    for model in cfg.models:
-        found = store.find(model.name)
-        files = found.files if found is not None else facts.NO_FILES
-        args = facts.engine_args(model, cfg.vllm_args)
-        key = model.upstream_api_key if model.upstream else engine_key
-        session = new_session(limit=cfg.upstream_connections, keepalive=cfg.upstream_keepalive,
-                              connect_timeout=cfg.upstream_connect_timeout, api_key=key)
-        targets.append(Target(model=model, session=session,
-                              caps=facts.capabilities(files, model, args),
-                              context_length=facts.context_length(files, args), found=found,
-                              lookup=lookup))
-    return targets
-
-
-def router_ctx(cfg: Config, store: StoreView, lookup: EngineLookup | None,
-               engine_key: str = "") -> Callable[[web.Application], AsyncIterator[None]]:
-    """cleanup_ctx: sessions open with the app and close with it."""
+def router_ctx(cfg: Config, store: StoreView, engine_key: str
+               ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """cleanup_ctx: the routing table and its sessions open with the app and close with it."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        router = app[ROUTER]
-        router.replace(build_targets(cfg, store, lookup, engine_key))
+        local = new_session(limit=cfg.upstream_connections, keepalive=cfg.upstream_keepalive,
+                            connect_timeout=cfg.upstream_connect_timeout, api_key=engine_key)
+        router = app[ROUTER] = Router(cfg, local)
+        for model in cfg.models:
+            router.build(model, store.find(model.name))
         try:
             yield
         finally:
-            for target in router.targets:
-                await target.session.close()
+            await router.close()
 
     return ctx
 
@@ -163,9 +153,11 @@ def router_ctx(cfg: Config, store: StoreView, lookup: EngineLookup | None,
 async def route(request: web.Request, endpoint: Endpoint, name: str
                 ) -> tuple[Target, Overrides | None]:
     """The target serving `name` as the model store resolves it, with the defaults an alias
-    made by /api/create applies; Ollama's error for the endpoint otherwise."""
+    made by /api/create applies; Ollama's error for the endpoint otherwise (404 `not found,
+    try pulling it first` and its per-endpoint variants)."""
     services = request.app[SERVICES]
     store = services.store
+    router = request.app[ROUTER]
     if not name:
         raise model_required(endpoint)
     try:
@@ -173,16 +165,33 @@ async def route(request: web.Request, endpoint: Endpoint, name: str
         resolved = store.resolve_served(name) or await asyncio.to_thread(store.resolve, name)
     except InvalidName:
         raise invalid_name(endpoint, name) from None
-    target = request.app[ROUTER].for_model(resolved.served) if resolved and resolved.served \
-        else None
+    target = router.get(resolved.served) if resolved and resolved.served else None
+    if target is None and resolved is not None:
+        found = await asyncio.to_thread(store.find, name)
+        if found is not None:  # a local model: servable, loaded on demand
+            target = router.build(found.model, found)
     if target is None:
-        if resolved is not None and await asyncio.to_thread(store.find, name) is not None:
-            raise BadRequest(
-                f"model '{name}' is downloaded but no engine serves it: add it to the config "
-                f"([[models]] name = \"{name}\", source = \"{resolved.source}\") and run "
-                "`systemctl reload vllama`, or start `vllama serve --model "
-                f"{resolved.source}`")
         raise name_error(endpoint, name)
     request[MODEL] = target.name
     overrides = store.overrides_for(name) if resolved and resolved.kind == "user" else None
     return target, overrides
+
+
+@contextlib.asynccontextmanager
+async def leased(request: web.Request, target: Target, keep_alive: float | None = None
+                 ) -> AsyncIterator[str]:
+    """Hold the model loaded for the life of a request (loading it first if needed); yields
+    its OpenAI base URL. A remote upstream needs no lease."""
+    if not target.model.is_local:
+        yield target.model.upstream.rstrip("/")
+        return
+    scheduler = request.app[SERVICES].scheduler
+    if scheduler is None:
+        raise Unavailable(f"model '{target.name}' is not running: vllama runs no engines here")
+    async with scheduler.lease(target.model, keep_alive) as lease:
+        yield lease.base_url
+
+
+def api_url(base: str, path: str) -> str:
+    """An OpenAI path (`/v1/chat/completions`) under an OpenAI base URL (`http://h:p/v1`)."""
+    return base + path[3:] if path.startswith("/v1/") else base + path

@@ -1,4 +1,5 @@
-"""`vllama pull|list|show|rm|cp|ps|aliases`: thin command functions over ModelStore.
+"""`vllama pull|list|show|rm|cp|ps|stop|aliases`: thin command functions over ModelStore and
+the running daemon.
 
 Each command takes parsed values and a CliContext (streams, a lazily built store, the daemon's
 URL) and returns an exit code from vllama.errors. `--json` prints machine-readable output,
@@ -24,7 +25,7 @@ from typing import IO, Any
 import msgspec
 
 from vllama.config import client_url
-from vllama.errors import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, VllamaError
+from vllama.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, VllamaError
 from vllama.models.names import InvalidName
 from vllama.models.store import ModelStore
 
@@ -329,12 +330,30 @@ def cmd_aliases(ctx: CliContext, *, json_mode: bool = False, quiet: bool = False
 # ----------------------------------------------------------------------------- ps
 
 
-def _get_json(ctx: CliContext, path: str, timeout: float = 10.0) -> Any:
-    request = urllib.request.Request(ctx.base_url.rstrip("/") + path)
+def _call_daemon(ctx: CliContext, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+    """GET (or POST `body` to) the running daemon; the decoded JSON reply."""
+    data = msgspec.json.encode(body) if body is not None else None
+    request = urllib.request.Request(ctx.base_url.rstrip("/") + path, data=data)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     if ctx.api_key:
         request.add_header("Authorization", f"Bearer {ctx.api_key}")
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
+
+
+def _daemon_error(ctx: CliContext, exc: Exception) -> int:
+    """Print why a call to the daemon failed, with what to do; the exit code."""
+    if isinstance(exc, urllib.error.HTTPError):
+        try:
+            message = json.loads(exc.read()).get("error", str(exc))
+        except ValueError:
+            message = str(exc)
+        print(f"Error: {message}", file=ctx.err)
+        return EXIT_NOT_FOUND if exc.code == 404 else EXIT_FAILURE
+    print(f"Error: could not reach vllama at {ctx.base_url} ({exc}); is the daemon running? "
+          "(systemctl status vllama)", file=ctx.err)
+    return EXIT_UNAVAILABLE
 
 
 def _until(expires_at: str, now: datetime | None = None) -> str:
@@ -364,32 +383,42 @@ def _processor(size: int, vram: int) -> str:
 
 def cmd_ps(ctx: CliContext, *, json_mode: bool = False, quiet: bool = False) -> int:
     try:
-        body = _get_json(ctx, "/api/ps")
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("error", str(exc))
-        except ValueError:
-            message = str(exc)
-        print(f"Error: {message}", file=ctx.err)
-        return EXIT_FAILURE
+        body = _call_daemon(ctx, "/api/ps")
     except (OSError, ValueError) as exc:
-        print(f"Error: could not reach vllama at {ctx.base_url} ({exc}); is the daemon running? "
-              "(systemctl status vllama)", file=ctx.err)
-        return EXIT_UNAVAILABLE
+        return _daemon_error(ctx, exc)
     models = body.get("models") or []
     if json_mode:
         _print_json(ctx, {"models": models})
     elif quiet:
         ctx.out.write("".join(f"{m.get('name', '')}\n" for m in models))
     else:
-        rows = [("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL")]
+        rows = [("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "STATE", "UNTIL")]
         for m in models:
             size, vram = int(m.get("size") or 0), int(m.get("size_vram") or 0)
+            state = str(m.get("state") or "loaded")
             rows.append((str(m.get("name", "")), str(m.get("digest", ""))[:12],
                          human_bytes(size), _processor(size, vram),
-                         str(m.get("context_length") or ""),
-                         _until(str(m.get("expires_at", "")))))
+                         str(m.get("context_length") or ""), state,
+                         _until(str(m.get("expires_at", ""))) if state == "loaded" else ""))
         ctx.out.write(table(rows))
+    return EXIT_OK
+
+
+def cmd_stop(ctx: CliContext, name: str, *, json_mode: bool = False, quiet: bool = False
+             ) -> int:
+    """Unload a model now, like `ollama stop`: a generate with keep_alive 0 and no prompt
+    (the model unloads once its in-flight requests end)."""
+    try:
+        _call_daemon(ctx, "/api/generate", {"model": name, "keep_alive": 0})
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, urllib.error.HTTPError) and exc.code == 404:
+            print(f'Error: couldn\'t find model "{name}" to stop', file=ctx.err)
+            return EXIT_NOT_FOUND
+        return _daemon_error(ctx, exc)
+    if json_mode:
+        _print_json(ctx, {"stopped": name})
+    elif not quiet:
+        ctx.out.write(f"stopped '{name}'\n")
     return EXIT_OK
 
 
@@ -440,6 +469,11 @@ def add_subparsers(subparsers: Any) -> None:
     p = subparsers.add_parser("ps", help="models the running daemon serves")
     _common(p)
     p.set_defaults(func=lambda a, c: cmd_ps(c, json_mode=a.json, quiet=a.quiet))
+
+    p = subparsers.add_parser("stop", help="unload a running model (like ollama stop)")
+    p.add_argument("model")
+    _common(p)
+    p.set_defaults(func=lambda a, c: cmd_stop(c, a.model, json_mode=a.json, quiet=a.quiet))
 
     p = subparsers.add_parser("aliases", help="print the model name table")
     _common(p)

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from vllama.config import ModelConfig
+from vllama.models.weights import config_int, read_weights, text_config
 from vllama.translate.gojson import go_value
 from vllama.translate.request import ModelCaps
-from vllama.vllm_flags import flag_value
+from vllama.vllm_flags import flag_value, int_value
 from vllama.wire.ollama import ModelDetails
 
-MAX_HEADER = 100 * 1024 * 1024  # safetensors headers are small; refuse absurd lengths
 CAPABILITY_NAMES = ("completion", "embedding", "tools", "thinking", "vision", "insert")
 
 
@@ -35,7 +34,8 @@ class ModelFiles:
     config: Mapping[str, Any] = field(default_factory=dict)
     template: str = ""
     parameter_count: int = 0
-    # "headers": summed from the safetensors headers; "estimate": from config.json's sizes.
+    # "headers": summed from the safetensors headers (logical parameters: packed quantized
+    # weights count what they pack); "estimate": from config.json's sizes.
     parameters_from: Literal["headers", "estimate", "none"] = "none"
     generation: Mapping[str, Any] = field(default_factory=dict)
     license: str = ""
@@ -58,14 +58,10 @@ def read_files(directory: Path | None) -> ModelFiles:
     if directory is None:
         return NO_FILES
     config = read_json(directory / "config.json")
-    count = safetensors_parameters(directory)
-    source: Literal["headers", "estimate", "none"] = "headers" if count else "none"
-    if not count:
-        count = estimate_parameter_count(config) or 0
-        source = "estimate" if count else "none"
+    weights = read_weights(directory, config)
     return ModelFiles(
         directory=directory, config=config, template=chat_template(directory),
-        parameter_count=count, parameters_from=source,
+        parameter_count=weights.parameters, parameters_from=weights.source,
         generation=generation_defaults(directory), license=license_text(directory),
         sentence_transformers=any((directory / n).is_file()
                                   for n in ("modules.json", "sentence_bert_config.json")))
@@ -74,76 +70,11 @@ def read_files(directory: Path | None) -> ModelFiles:
 # ----------------------------------------------------------------------------- config.json
 
 
-def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Multimodal configs keep the language model's sizes under text_config."""
-    inner = config.get("text_config")
-    return {**config, **inner} if isinstance(inner, Mapping) else config
-
-
-def _int(cfg: Mapping[str, Any], *keys: str) -> int | None:
-    for k in keys:
-        v = cfg.get(k)
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-    return None
-
-
 def architecture(config: Mapping[str, Any]) -> str:
     """The family Ollama shows: config.json's model_type ("vllm" when there is no config,
     e.g. a remote upstream)."""
     mt = config.get("model_type")
     return mt if isinstance(mt, str) and mt else "vllm"
-
-
-def estimate_parameter_count(config: Mapping[str, Any]) -> int | None:
-    """Parameters of a decoder from its config.json sizes, or None when it cannot tell. Only
-    used when there are no safetensors headers to sum."""
-    cfg = text_config(config)
-    h = _int(cfg, "hidden_size", "n_embd", "d_model")
-    layers = _int(cfg, "num_hidden_layers", "n_layer", "num_layers")
-    vocab = _int(cfg, "vocab_size")
-    heads = _int(cfg, "num_attention_heads", "n_head")
-    if not (h and layers and vocab and heads):
-        return None
-    inter = _int(cfg, "intermediate_size", "n_inner", "ffn_dim") or 4 * h
-    kv = _int(cfg, "num_key_value_heads") or heads
-    head_dim = _int(cfg, "head_dim") or h // heads
-    attn = h * heads * head_dim * 2 + h * kv * head_dim * 2
-    experts = _int(cfg, "num_local_experts", "num_experts", "n_routed_experts") or 0
-    if experts:
-        moe_inter = _int(cfg, "moe_intermediate_size") or inter
-        mlp = experts * 3 * h * moe_inter + h * experts
-        shared = _int(cfg, "n_shared_experts", "num_shared_experts") or 0
-        mlp += shared * 3 * h * moe_inter
-    else:
-        mlp = 3 * h * inter
-    per_layer = attn + mlp + 2 * h
-    tied = cfg.get("tie_word_embeddings", config.get("tie_word_embeddings"))
-    embed = vocab * h * (1 if tied else 2)
-    return layers * per_layer + embed + h
-
-
-def safetensors_parameters(model_dir: Path) -> int:
-    """Sum of tensor element counts from the safetensors headers (only the headers are read)."""
-    total = 0
-    for path in sorted(model_dir.glob("*.safetensors")):
-        try:
-            with open(path, "rb") as fh:
-                (length,) = struct.unpack("<Q", fh.read(8))
-                if length > MAX_HEADER:
-                    continue
-                header = json.loads(fh.read(length))
-        except (OSError, ValueError, struct.error):
-            continue
-        if not isinstance(header, dict):
-            continue
-        for name, entry in header.items():
-            shape = entry.get("shape") if isinstance(entry, dict) else None
-            if name == "__metadata__" or not isinstance(shape, list):
-                continue
-            if all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-                total += math.prod(shape)
-    return total
 
 
 def human_number(n: int) -> str:
@@ -180,22 +111,14 @@ def quantization_level(config: Mapping[str, Any]) -> str:
 
 def native_context_length(config: Mapping[str, Any]) -> int:
     cfg = text_config(config)
-    return _int(cfg, "max_position_embeddings", "n_positions", "max_seq_len",
+    return config_int(cfg, "max_position_embeddings", "n_positions", "max_seq_len",
                 "seq_length") or 0
 
 
 def context_length(files: ModelFiles, engine_args: Sequence[str]) -> int:
-    """The context the engine runs with: --max-model-len if given (`8k` accepted), else the
-    model's own."""
-    value = flag_value(engine_args, "--max-model-len")
-    if value:
-        text = value.strip().lower()
-        scale = 1024 if text.endswith("k") else 1
-        try:
-            return int(text.removesuffix("k")) * scale
-        except ValueError:
-            pass
-    return native_context_length(files.config)
+    """The context the engine runs with: --max-model-len if given (`8k`, `8K` as vLLM reads
+    them), else the model's own."""
+    return int_value(engine_args, "--max-model-len") or native_context_length(files.config)
 
 
 # ----------------------------------------------------------------------------- other files
@@ -323,7 +246,7 @@ def details(files: ModelFiles, context: int | None = None) -> ModelDetails:
                        quantization_level=quantization_level(files.config))
     if context:
         out.context_length = context
-    hidden = _int(text_config(files.config), "hidden_size", "n_embd", "d_model")
+    hidden = config_int(text_config(files.config), "hidden_size", "n_embd", "d_model")
     if hidden:
         out.embedding_length = hidden
     return out
@@ -349,7 +272,7 @@ def model_info(files: ModelFiles, context: int | None, *, basename: str | None =
         ("feed_forward_length", ("intermediate_size", "n_inner")),
         ("vocab_size", ("vocab_size",)),
     ):
-        v = _int(cfg, *names)
+        v = config_int(cfg, *names)
         if v is not None:
             info[f"{arch}.{key}"] = v
     return info

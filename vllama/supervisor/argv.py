@@ -70,6 +70,7 @@ _STRIPPED_ENV = (
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
+    "CREDENTIALS_DIRECTORY",
 )
 
 
@@ -167,9 +168,15 @@ def cpu_list(cpus: Sequence[int]) -> str:
     return ",".join(parts) if ordered else ""
 
 
-def build_env(parent: Mapping[str, str], hw: HardwareInfo, api_key: str = "") -> dict[str, str]:
-    """The child's environment: ours minus systemd's per-service variables, plus vLLM settings."""
-    env = {k: v for k, v in parent.items() if k not in _STRIPPED_ENV}
+def build_env(parent: Mapping[str, str], hw: HardwareInfo, api_key: str = "",
+              extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: ours minus systemd's per-service variables, plus vLLM settings
+    and the engine's own (`extra`: its placement)."""
+    # vllama's own settings (its API key among them) and the credentials systemd hands vllama
+    # are not the engine's: it gets only its private key, below.
+    env = {k: v for k, v in parent.items()
+           if k not in _STRIPPED_ENV and not k.startswith("VLLAMA_")}
+    env.update(extra or {})
     env["VLLM_NO_USAGE_STATS"] = "1"
     # Python block-buffers a pipe; unbuffered output keeps log lines (and load phases) timely.
     env["PYTHONUNBUFFERED"] = "1"

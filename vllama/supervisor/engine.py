@@ -343,7 +343,7 @@ class Engine:
             info = ExitInfo(None, ExitClass.CONFIG, exc.message, at=self._wall())
             self._last_exit = info
             return "exited", info, None  # config class, never ready: not restarted
-        env = build_env(self._environ, self._hw, self.spec.api_key)
+        env = build_env(self._environ, self._hw, self.spec.api_key, dict(self.spec.env))
         self._load_started = self._clock()
         self._load_seconds = None
         try:

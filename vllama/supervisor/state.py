@@ -58,6 +58,9 @@ class EngineSpec(msgspec.Struct, frozen=True):
     vllm_command: tuple[str, ...] = ("vllm",)
     vllm_args: tuple[str, ...] = ()
     api_key: str = ""  # given to the child as VLLM_API_KEY (never argv)
+    # Extra environment for the child: its placement (CUDA_VISIBLE_DEVICES) and switches
+    # such as VLLM_SERVER_DEV_MODE for sleep mode.
+    env: tuple[tuple[str, str], ...] = ()
 
 
 class EngineSettings(msgspec.Struct, frozen=True):

@@ -1,12 +1,13 @@
-"""All engines of the daemon: start them, stop them, reload a changed model list."""
+"""All engines of the daemon: launch one, retire one, stop them all. Which engines run is the
+scheduler's decision; how each runs (process group, readiness, restarts) is the engine's."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 
 from vllama.supervisor.engine import Engine, Listener
-from vllama.supervisor.state import EngineSettings, EngineSpec, EngineState, EngineStatus
+from vllama.supervisor.state import EngineSettings, EngineSpec, EngineStatus
 
 EngineFactory = Callable[[EngineSpec, EngineSettings], Engine]
 """Builds an Engine with the daemon's probe, hardware, environ, gpu_freed already bound."""
@@ -63,12 +64,25 @@ class Supervisor:
         self._engines[spec.name] = engine
         return engine
 
-    def start(self, specs: Iterable[EngineSpec]) -> None:
-        """Create and start engines (they load in the background)."""
-        for spec in specs:
-            if spec.name in self._engines:
-                raise ValueError(f"duplicate engine name {spec.name!r}")
-            self._create(spec).start()
+    def launch(self, spec: EngineSpec) -> Engine:
+        """Create and start an engine (it loads in the background; `wait_ready()` tells when
+        it serves). The scheduler decides when; a name has at most one engine."""
+        if spec.name in self._engines:
+            raise ValueError(f"engine {spec.name!r} already runs; retire it first")
+        engine = self._create(spec)
+        engine.start()
+        return engine
+
+    async def retire(self, name: str) -> None:
+        """Stop an engine (SIGTERM, grace, SIGKILL, verified) and forget it."""
+        engine = self._engines.get(name)
+        if engine is None:
+            return
+        try:
+            await engine.stop()
+        finally:
+            if self._engines.get(name) is engine:
+                del self._engines[name]
 
     async def wait_ready(self) -> bool:
         """True once every engine is ready; False once all settled and one did not (failed,
@@ -79,27 +93,4 @@ class Supervisor:
     async def stop(self) -> None:
         """Stop every engine concurrently (each one: SIGTERM, grace, SIGKILL, verify)."""
         await asyncio.gather(*(e.stop() for e in self._engines.values()))
-
-    async def reload(self, specs: Sequence[EngineSpec]) -> list[str]:
-        """Apply a new model list: stop engines removed or changed, start new or changed ones,
-        leave identical ones running. Policy settings apply to kept engines at once.
-        Returns the names (re)started."""
-        wanted = {s.name: s for s in specs}
-        # A failed engine is retried even when unchanged: reloading is how an operator says
-        # "try again" after fixing what it complained about (freeing the GPU, pulling a model).
-        to_stop = [
-            e
-            for name, e in self._engines.items()
-            if name not in wanted or wanted[name] != e.spec or e.state is EngineState.FAILED
-        ]
-        await asyncio.gather(*(e.stop() for e in to_stop))
-        for engine in to_stop:
-            del self._engines[engine.name]
-        for engine in self._engines.values():
-            engine.settings = self.settings
-        started: list[str] = []
-        for name, spec in wanted.items():
-            if name not in self._engines:
-                self._create(spec).start()
-                started.append(name)
-        return started
+        self._engines.clear()

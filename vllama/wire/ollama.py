@@ -307,6 +307,8 @@ class ProcessModel(msgspec.Struct):
     expires_at: str
     size_vram: int
     context_length: int
+    # vllama's addition (clients ignore unknown keys): loading, loaded or sleeping.
+    state: str = "loaded"
 
 
 class ProcessResponse(msgspec.Struct):
