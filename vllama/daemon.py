@@ -29,7 +29,8 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -40,7 +41,8 @@ from vllama.config import Config, Loaded, ModelConfig
 from vllama.errors import ConfigError
 from vllama.gateway.app import make_app
 from vllama.gateway.keys import METRICS, Services
-from vllama.gateway.metrics import gauge
+from vllama.gateway.metrics import LifecycleMetrics, gauge
+from vllama.gateway.seams import StoreView
 from vllama.gateway.targets import ROUTER
 from vllama.gpu import GpuMonitor, import_nvml
 from vllama.models import facts
@@ -48,7 +50,7 @@ from vllama.models.store import ModelStore
 from vllama.scheduler.capacity import Capacity
 from vllama.scheduler.engines import EnginePost, SupervisedEngines
 from vllama.scheduler.scheduler import Policy, Scheduler
-from vllama.scheduler.state import Slot
+from vllama.scheduler.state import SchedulerEvent, Slot
 from vllama.supervisor import (
     BackoffPolicy,
     Engine,
@@ -110,6 +112,12 @@ def engine_post(session: aiohttp.ClientSession) -> EnginePost:
     return post
 
 
+def _snapshot(store: ModelStore | StoreView, model: ModelConfig) -> Path | None:
+    """The cache snapshot a repo model is served from, if it is pulled."""
+    found = store.find(model.name)
+    return found.path if found is not None else None
+
+
 def engine_specs(cfg: Config, engine_key: str) -> list[EngineSpec]:
     """The engines to run (one per configured local model); a removed or misspelt engine flag
     is a config error (exit 78) before anything starts."""
@@ -167,6 +175,7 @@ class Daemon:
     engines: SupervisedEngines
     planner: Capacity
     supervisor_has_gpu: bool
+    lifecycle: LifecycleMetrics = field(default_factory=LifecycleMetrics)
 
     @property
     def where(self) -> str:
@@ -277,10 +286,19 @@ class Daemon:
         self.notifier.ready(self.status_line())
         self.preload()
 
+    def on_scheduler_event(self, event: SchedulerEvent) -> None:
+        """Loads, unloads and the rest: counted, and STATUS= follows (the scheduler logs
+        each with its reason)."""
+        self.lifecycle.record(event.kind, event.model, event.reason, event.seconds)
+        if event.kind != "waited":
+            self.notifier.status(self.status_line())
+
     def engine_metrics(self) -> list[str]:
         statuses = self.supervisor.snapshot()
         rows = [((("model", s.model), ("state", str(s.state))), 1.0) for s in statuses]
         out = gauge("vllama_engine_state", "1 for the state each engine is in.", rows)
+        out += self.lifecycle.lines(self.scheduler.queued,
+                                    [(s.model, s.state.value) for s in self.scheduler.snapshot()])
         out += gauge("vllama_engine_restarts_total", "Engine restarts after crashes.",
                      [((("model", s.model),), float(s.restarts)) for s in statuses],
                      kind="counter")
@@ -338,7 +356,8 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
     store = ModelStore.from_config(cfg, loaded.runtime)
     engines = SupervisedEngines(supervisor, vllm_command=cfg.vllm_argv,
                                 common_args=cfg.vllm_args, engine_key=engine_key,
-                                post=engine_post(probe_session))
+                                post=engine_post(probe_session),
+                                local_dir=lambda m: _snapshot(services.store, m))
     planner = Capacity(cfg, store, hw, gpu_snapshot=lambda: gpu.snapshot)
     scheduler = Scheduler(engines, planner, scheduler_policy(cfg, hw.on_gpu))
     stack.push_async_callback(scheduler.close)
@@ -369,6 +388,7 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
 
     supervisor.add_listener(daemon.on_engine_change)
     supervisor.add_listener(scheduler.on_engine_change)
+    scheduler.add_listener(daemon.on_scheduler_event)
     stack.push_async_callback(supervisor.stop)
     stack.push_async_callback(tasks.aclose)
     daemon.preload()

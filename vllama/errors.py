@@ -4,6 +4,9 @@ for the CLI, its exit code. Responses are built from these in exactly one place
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 # Exit codes of the `vllama` command. 78 is EX_CONFIG from sysexits.h, which the systemd unit
 # lists in RestartPreventExitStatus= so a bad config is not restart-looped.
 EXIT_OK = 0
@@ -23,6 +26,8 @@ class VllamaError(Exception):
 
     status: int = 500
     exit_code: int = EXIT_FAILURE
+    # Response headers the error carries (Retry-After for a 503 a client should retry).
+    headers: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -68,6 +73,12 @@ class Unavailable(VllamaError):
 
     status = 503
     exit_code = EXIT_UNAVAILABLE
+
+
+class ServerBusy(Unavailable):
+    """Too many requests wait for models to load (Ollama's `server busy` 503)."""
+
+    headers = MappingProxyType({"Retry-After": "10"})
 
 
 class UpstreamError(VllamaError):

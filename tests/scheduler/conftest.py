@@ -19,10 +19,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.conftest import REPO_ROOT
 from tests.tinymodel import generate
 from vllama.config import Config, ModelConfig
+from vllama.gateway.app import make_app
+from vllama.gateway.keys import Services
 from vllama.gpu import GpuInfo, GpuSnapshot
 from vllama.models.store import ModelStore
 from vllama.scheduler.capacity import Capacity
@@ -61,7 +64,13 @@ class Bed:
     store: ModelStore
     engines: SupervisedEngines
     models: dict[str, ModelConfig]
+    config: Config
     events: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def gateway(self) -> web.Application:
+        """The real gateway over this scheduler (what the daemon builds)."""
+        return make_app(Services(config=self.config, store=self.store, scheduler=self.scheduler,
+                                 supervisor=self.supervisor))
 
     def model(self, name: str) -> ModelConfig:
         return self.models[name]
@@ -135,8 +144,10 @@ async def make_bed(tmp_path: Path, tiny_dir: Path) -> AsyncIterator[MakeBed]:
         defaults: dict[str, Any] = {"keep_alive": 300.0, "max_queue": 512, "load_timeout": 10.0}
         scheduler = Scheduler(engines, planner, Policy(**{**defaults, **policy}, sleep=sleep))
         supervisor.add_listener(scheduler.on_engine_change)
-        bed = Bed(scheduler, supervisor, store, engines, models)
-        scheduler.add_listener(lambda *event: bed.events.append(event))
+        bed = Bed(scheduler, supervisor, store, engines, models, cfg)
+        scheduler.add_listener(
+            lambda e: bed.events.append((e.kind, e.model, e.reason)) if e.kind != "waited"
+            else None)
         built.append(bed)
         return bed
 

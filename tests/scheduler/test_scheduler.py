@@ -12,8 +12,7 @@ import aiohttp
 import pytest
 
 from tests.scheduler.conftest import WAIT, MakeBed, MiB
-from vllama.errors import Unavailable
-from vllama.scheduler.scheduler import ServerBusy
+from vllama.errors import ServerBusy, Unavailable
 from vllama.scheduler.state import SlotState
 
 pytestmark = pytest.mark.timeout(120)

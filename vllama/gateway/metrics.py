@@ -9,7 +9,7 @@ and text are built only at scrape time, which is rare next to requests."""
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0)
@@ -127,3 +127,63 @@ def gauge(name: str, help_text: str, rows: Iterable[tuple[tuple[tuple[str, str],
     out = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     out.extend(f"{name}{_labels(labels)} {value:g}" for labels, value in rows)
     return out
+
+
+WAIT_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+# What the scheduler's events count as (the reason's first word keeps the label set small).
+_UNLOAD_REASONS = {"idle": "idle", "keep_alive": "keep_alive", "asked": "asked",
+                   "evicted": "evicted", "config": "config", "load": "load_failed"}
+
+
+class LifecycleMetrics:
+    """Model loads, unloads, evictions, sleeps and queue waits, from the scheduler's events;
+    the queue depth and model states are read from the scheduler at scrape time."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], float] = {}  # (metric, model, reason)
+        self.waits = Histogram(WAIT_BUCKETS, ("model",))
+
+    def record(self, kind: str, model: str, reason: str = "", seconds: float = 0.0) -> None:
+        if kind == "waited":
+            self.waits.observe((model,), seconds)
+            return
+        if kind == "evict":  # `model` loads; `reason` lists the models that made room
+            for victim in reason.split(", "):
+                self._add("evictions", victim, "")
+            return
+        if kind == "unload":
+            reason = _UNLOAD_REASONS.get(reason.split(" ", maxsplit=1)[0].rstrip(":"), "other")
+        else:
+            reason = ""
+        self._add(kind, model, reason)
+
+    def _add(self, metric: str, model: str, reason: str) -> None:
+        key = (metric, model, reason)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def lines(self, queued: Mapping[str, int], states: Iterable[tuple[str, str]]) -> list[str]:
+        def counter(metric: str, name: str, help_text: str, with_reason: bool = False
+                    ) -> list[str]:
+            rows = [((("model", m), ("reason", r)) if with_reason else (("model", m),), v)
+                    for (k, m, r), v in self.counts.items() if k == metric]
+            return gauge(name, help_text, rows, kind="counter")
+
+        out = counter("load", "vllama_model_loads_total", "Model loads started.")
+        out += counter("load_failed", "vllama_model_load_failures_total",
+                       "Model loads that failed.")
+        out += counter("unload", "vllama_model_unloads_total",
+                       "Models unloaded, by reason (idle, keep_alive, asked, evicted, "
+                       "config, load_failed).", with_reason=True)
+        out += counter("evictions", "vllama_model_evictions_total",
+                       "Models unloaded or put to sleep to make room for another.")
+        out += counter("sleep", "vllama_model_sleeps_total", "Models put to sleep (vLLM).")
+        out += counter("wake", "vllama_model_wakes_total", "Models woken from sleep.")
+        out += gauge("vllama_queue_depth", "Requests waiting for their model to load.",
+                     [((("model", m),), float(n)) for m, n in queued.items()])
+        out += ["# HELP vllama_queue_wait_seconds Time requests waited for their model.",
+                "# TYPE vllama_queue_wait_seconds histogram",
+                *self.waits.lines("vllama_queue_wait_seconds")]
+        out += gauge("vllama_model_state", "1 for the state each model is in (loading, "
+                     "loaded, sleeping, unloading).",
+                     [((("model", m), ("state", s)), 1.0) for m, s in states])
+        return out

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 from aiohttp import web
@@ -67,9 +67,10 @@ def error_body(request: web.Request, status: int, message: str) -> bytes:
     return _encode({"error": message})
 
 
-def error_response(request: web.Request, status: int, message: str) -> web.Response:
+def error_response(request: web.Request, status: int, message: str,
+                   headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=error_body(request, status, message),
-                        content_type="application/json", charset="utf-8")
+                        content_type="application/json", charset="utf-8", headers=headers)
 
 
 def origin_allowed(origin: str, extra: tuple[str, ...]) -> bool:
@@ -160,7 +161,7 @@ async def _mapped(request: web.Request, handler: Handler, key: str) -> web.Strea
         _check_key(request, key)
         return await handler(request)
     except VllamaError as exc:
-        return error_response(request, exc.status, exc.message)
+        return error_response(request, exc.status, exc.message, exc.headers)
     except web.HTTPNotFound:
         return web.Response(status=404, text="404 page not found")
     except web.HTTPMethodNotAllowed:

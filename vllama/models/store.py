@@ -217,7 +217,11 @@ class ModelStore:
     def _local(self, name: str, kind: str, present: _Present | None,
                model: ModelConfig | None) -> LocalModel:
         served = model is not None
-        model = model or ModelConfig(name=name, source=present.source if present else "")
+        if model is None:
+            # A model nobody configured is known to the engines by its source: every name
+            # for the same weights reaches the same engine.
+            source = present.source if present else ""
+            model = ModelConfig(name=source, source=source)
         if present is None:  # a configured model whose files are not here (or remote)
             basis = f"{model.name}\0{model.source}\0{model.upstream}"
             return LocalModel(name, model.source, None, kind, 0,

@@ -10,6 +10,7 @@ the gateway's HTTP client.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from vllama.config import ModelConfig
 from vllama.models import facts
@@ -44,8 +45,12 @@ class SupervisedEngines:
     """`Engines` (vllama.scheduler.scheduler) over the Supervisor."""
 
     def __init__(self, supervisor: Supervisor, *, vllm_command: Sequence[str],
-                 common_args: Sequence[str], engine_key: str, post: EnginePost) -> None:
+                 common_args: Sequence[str], engine_key: str, post: EnginePost,
+                 local_dir: Callable[[ModelConfig], Path | None] = lambda m: None) -> None:
         self.supervisor = supervisor
+        # A repo already in the cache is served from its snapshot directory: vLLM then never
+        # asks the hub anything (vllama runs offline once a model is pulled).
+        self._local_dir = local_dir
         self.vllm_command = tuple(vllm_command)
         self.common_args = tuple(common_args)
         self.engine_key = engine_key
@@ -59,7 +64,8 @@ class SupervisedEngines:
             if SLEEP_FLAG not in flags_set(args):
                 extra.append(SLEEP_FLAG)
             env[SLEEP_ENV[0]] = SLEEP_ENV[1]
-        return EngineSpec(name=model.name, source=model.source,
+        directory = self._local_dir(model) if not model.source.startswith("/") else None
+        return EngineSpec(name=model.name, source=str(directory) if directory else model.source,
                           vllm_command=self.vllm_command, vllm_args=(*extra, *args),
                           api_key=self.engine_key, env=tuple(sorted(env.items())))
 

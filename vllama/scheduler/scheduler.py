@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vllama.config import ModelConfig
-from vllama.errors import Unavailable, VllamaError
+from vllama.errors import ServerBusy, Unavailable, VllamaError
 from vllama.models.memory import MemoryNeed
 from vllama.scheduler.placement import (
     Claim,
@@ -44,19 +44,10 @@ from vllama.scheduler.placement import (
     place,
     plan_eviction,
 )
-from vllama.scheduler.state import Lease, Slot, SlotState, SlotStatus
+from vllama.scheduler.state import Lease, SchedulerEvent, Slot, SlotState, SlotStatus
 from vllama.translate.models import SERVER_BUSY
 
 log = logging.getLogger("vllama.scheduler")
-
-
-class ServerBusy(VllamaError):
-    """Ollama's 503 when the queue of requests waiting for a load is full."""
-
-    status = 503
-
-    def __init__(self) -> None:
-        super().__init__(SERVER_BUSY)
 
 
 # ----------------------------------------------------------------------------- seams
@@ -116,9 +107,8 @@ class Policy:
     sleep: bool = False  # park with sleep mode where the engine supports it
 
 
-Listener = Callable[[str, str, str], None]
-"""`listener(event, model, reason)`: event is load, loaded, load_failed, unload, sleep, wake,
-evict; the daemon turns them into STATUS=, log lines and metrics."""
+Listener = Callable[[SchedulerEvent], None]
+"""Called with every SchedulerEvent; the daemon turns them into STATUS= and metrics."""
 
 
 # ----------------------------------------------------------------------------- the scheduler
@@ -151,10 +141,11 @@ class Scheduler:
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def _emit(self, event: str, slot: Slot, reason: str = "") -> None:
+    def _emit(self, kind: str, slot: Slot, reason: str = "", seconds: float = 0.0) -> None:
+        event = SchedulerEvent(kind, slot.key, reason, seconds)
         for listener in list(self._listeners):
             try:
-                listener(event, slot.key, reason)
+                listener(event)
             except Exception:
                 log.exception("scheduler listener failed")
 
@@ -187,8 +178,9 @@ class Scheduler:
             if engine is not None and engine.ready and engine.port is not None:
                 return self._lease(slot, engine.port, keep_alive)  # the fast path: no await
         if sum(self._waiting.values()) >= self.policy.max_queue:
-            raise ServerBusy
+            raise ServerBusy(SERVER_BUSY)
         self._waiting[model.name] = self._waiting.get(model.name, 0) + 1
+        started = self._clock()
         try:
             port = await self._until_ready(model, keep_alive)
         finally:
@@ -198,6 +190,7 @@ class Scheduler:
             else:
                 del self._waiting[model.name]
         slot = self._slots[model.name]
+        self._emit("waited", slot, seconds=self._clock() - started)
         return self._lease(slot, port, keep_alive)
 
     def _lease(self, slot: Slot, port: int, keep_alive: float | None) -> Lease:

@@ -106,3 +106,14 @@ class SlotStatus(msgspec.Struct, frozen=True):
     reserved: int  # bytes reserved in all
     devices: tuple[int, ...]
     reason: str
+
+
+class SchedulerEvent(msgspec.Struct, frozen=True):
+    """What the scheduler did, for logs, STATUS= and metrics. `kind`: load, loaded,
+    load_failed, unload, sleep, wake, evict (model: the one loading; reason: who went), waited
+    (a request waited `seconds` for its model)."""
+
+    kind: str
+    model: str
+    reason: str = ""
+    seconds: float = 0.0
