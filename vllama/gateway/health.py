@@ -34,6 +34,7 @@ def health_document(request: web.Request) -> tuple[bool, dict[str, Any]]:
         # preloaded and pinned ones do.
         ready = services.scheduler.ready
         models = [msgspec.to_builtins(s) for s in services.scheduler.snapshot()]
+        reasons = services.scheduler.unready_reasons()
     gpus: Any = {"available": False, "reason": "GPU monitor not started"}
     if services.gpu is not None:
         gpus = msgspec.to_builtins(services.gpu.snapshot)
@@ -47,7 +48,7 @@ def health_document(request: web.Request) -> tuple[bool, dict[str, Any]]:
     }
     if services.scheduler is not None:
         doc["queued"] = dict(services.scheduler.queued)
-    if reasons:
+    if reasons and not ready:
         doc["reasons"] = reasons
     return ready, doc
 

@@ -58,6 +58,9 @@ class SchedulerView(Protocol):
     def ready(self) -> bool:
         """Every model that must stay loaded (preloaded, pinned) serves."""
 
+    def unready_reasons(self) -> list[str]:
+        """Why not ready (empty when ready)."""
+
 
 class GpuView(Protocol):
     @property
