@@ -84,6 +84,7 @@ class Config(msgspec.Struct, frozen=True):
     memory_budget: int = 0
     engine_overhead: int = 0
     sleep_mode: str = "auto"
+    workers: int = 0
 
     @property
     def vllm_argv(self) -> list[str]:
@@ -213,6 +214,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("engine_overhead", "size", "Memory an engine needs beyond weights and KV cache "
             "(CUDA context, activations, the process itself), per GPU. 0: 1.5 GiB per GPU, "
             "1.5 GiB on a CPU host."),
+    Setting("workers", "int", "Gateway processes sharing the port (SO_REUSEPORT), beside the "
+            "main process that keeps the engines; 0: one per 8 CPUs, at most 4 (so 1 on small "
+            "machines); 1: the main process serves the API itself.", minimum=0),
     Setting("sleep_mode", "enum", "Park idle models with vLLM's sleep mode (weights to host "
             "memory) instead of stopping them: auto (on GPUs, when host memory allows) or off.",
             choices=("auto", "off")),
@@ -482,6 +486,7 @@ class CliOverrides:
     log_level: str | None = None
     log_format: str | None = None
     vllm_command: str | None = None
+    workers: int | None = None
 
 
 def load(cli: CliOverrides | None = None, environ: Mapping[str, str] | None = None,
@@ -578,6 +583,7 @@ def _apply_cli(cli: CliOverrides, values: dict[str, Any], sources: dict[str, Sou
         ("log_level", cli.log_level, "--log-level"),
         ("log_format", cli.log_format, "--log-format"),
         ("vllm_command", cli.vllm_command, "--vllm-command"),
+        ("workers", cli.workers, "--workers"),
     ):
         if raw is not None:
             values[key] = coerce(SETTINGS_BY_KEY[key], raw, f"from {flag}",
@@ -639,6 +645,12 @@ def _check_models(config: Config) -> None:
             raise ConfigError(f"config error: two models are named {model.name!r}; names must "
                               "be unique")
         seen.add(key)
+
+
+def runtime(environ: Mapping[str, str] | None = None) -> Runtime:
+    """The process's surroundings (systemd, journald, HF), without loading any settings: for
+    a gateway worker, which gets its settings from the main process."""
+    return _runtime(dict(os.environ if environ is None else environ))
 
 
 def _runtime(env: Mapping[str, str]) -> Runtime:

@@ -73,7 +73,7 @@ def journal_stream_matches(journal_stream: str, stream: TextIO | None = None) ->
 class TextFormatter(logging.Formatter):
     """One readable line: time, level, logger, message, then key=value extras."""
 
-    _SHOWN = ("model", "request_id", "status", "latency_ms", "vllm_pid", "state")
+    _SHOWN = ("model", "request_id", "status", "latency_ms", "vllm_pid", "state", "worker")
     # The time stamp is formatted once per second, not per line (one line per request).
     _sec = -1
     _stamp = ""
@@ -215,9 +215,24 @@ def choose_format(log_format: str, journal_stream: str, stream: TextIO | None = 
     return "journal" if journal_stream_matches(journal_stream, stream) else "text"
 
 
+class _Fields(logging.Filter):
+    """Stamps fixed fields on every record of this process (a gateway worker's number)."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.fields = dict(fields)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            setattr(record, key, value)
+        return True
+
+
 def setup(level: str = "info", log_format: str = "auto", journal_stream: str = "",
-          *, stream: TextIO | None = None, journal_address: str = JOURNAL_SOCKET) -> str:
-    """Configure the root logger once; returns the format chosen."""
+          *, stream: TextIO | None = None, journal_address: str = JOURNAL_SOCKET,
+          fields: Mapping[str, Any] | None = None) -> str:
+    """Configure the root logger once; returns the format chosen. `fields` go on every
+    record (journald VLLAMA_<KEY>, JSON keys)."""
     chosen = choose_format(log_format, journal_stream, stream)
     handler: logging.Handler
     if chosen == "journal":
@@ -229,6 +244,8 @@ def setup(level: str = "info", log_format: str = "auto", journal_stream: str = "
     for old in list(root.handlers):
         root.removeHandler(old)
         old.close()
+    if fields:
+        handler.addFilter(_Fields(fields))
     root.addHandler(handler)
     root.setLevel(level.upper())
     # aiohttp's own access log duplicates ours.

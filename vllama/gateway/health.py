@@ -60,7 +60,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[METRICS].render(),
+    source = request.app[SERVICES].metrics_source
+    text = await source() if source is not None else request.app[METRICS].render()
+    return web.Response(text=text,
                         content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
