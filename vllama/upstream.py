@@ -123,26 +123,45 @@ async def _send(session: aiohttp.ClientSession, url: str, body: bytes,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-@contextlib.asynccontextmanager
-async def post(session: aiohttp.ClientSession, url: str, body: bytes,
-               headers: Mapping[str, str] | None = None) -> AsyncIterator[UpstreamResponse]:
-    """POST `body` and yield the response once its status is known. A connection failure is
-    UpstreamError (502); an error status is UpstreamError with the upstream's status and
-    text. Leaving the block releases the connection (body read to its end) or drops it."""
-    resp = await _send(session, url, body, headers)
-    if resp.status >= 400:
-        try:
-            data = await resp.read()
-        except aiohttp.ClientError:
-            data = b""
-        finally:
-            resp.release()
-        raise error_from_upstream(resp.status, data)
-    stream = UpstreamResponse(resp)
-    try:
-        yield stream
-    finally:
+class Exchange:
+    """One POST to an upstream, as an async context manager (a class, not a generator: it runs
+    on every request)."""
+
+    __slots__ = ("_args", "_resp", "_stream")
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, body: bytes,
+                 headers: Mapping[str, str] | None) -> None:
+        self._args = (session, url, body, headers)
+        self._resp: aiohttp.ClientResponse | None = None
+        self._stream: UpstreamResponse | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        resp = self._resp = await _send(*self._args)
+        if resp.status >= 400:
+            try:
+                data = await resp.read()
+            except aiohttp.ClientError:
+                data = b""
+            finally:
+                resp.release()
+            raise error_from_upstream(resp.status, data)
+        self._stream = UpstreamResponse(resp)
+        return self._stream
+
+    async def __aexit__(self, *exc: object) -> None:
+        resp, stream = self._resp, self._stream
+        if resp is None or stream is None:
+            return
         if stream.finished:
             resp.release()
         else:
             resp.close()
+
+
+def post(session: aiohttp.ClientSession, url: str, body: bytes,
+         headers: Mapping[str, str] | None = None) -> Exchange:
+    """POST `body`; `async with` it to get the response once its status is known. A connection
+    failure is UpstreamError (502); an error status is UpstreamError with the upstream's status
+    and text. Leaving the block releases the connection (body read to its end) or drops it
+    (anything else: the client left, or an error), so vLLM aborts the sequence."""
+    return Exchange(session, url, body, headers)
