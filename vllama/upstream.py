@@ -11,9 +11,8 @@ and drops it otherwise (the client left, or an error), so vLLM aborts the sequen
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -57,14 +56,10 @@ def _dumps(obj: Any) -> str:
     return msgspec.json.encode(obj).decode()
 
 
-@contextlib.contextmanager
-def _body_errors() -> Iterator[None]:
-    """A body read that fails means the upstream went away mid-response."""
-    try:
-        yield
-    except _STREAM_ERRORS as exc:
-        logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
-        raise EngineDied(RUNNER_STOPPED) from None
+def _broke(exc: BaseException) -> EngineDied:
+    """A body read that failed: the upstream went away mid-response."""
+    logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
+    return EngineDied(RUNNER_STOPPED)
 
 
 class UpstreamResponse:
@@ -89,16 +84,20 @@ class UpstreamResponse:
         one read, and one event may span reads)."""
         read = self._resp.content.readany
         while True:
-            with _body_errors():
+            try:  # inline, not a context manager: this runs for every network read
                 data = await read()
+            except _STREAM_ERRORS as exc:
+                raise _broke(exc) from None
             if not data:
                 self.finished = True
                 return
             yield data
 
     async def read(self) -> bytes:
-        with _body_errors():
+        try:
             data = await self._resp.read()
+        except _STREAM_ERRORS as exc:
+            raise _broke(exc) from None
         self.finished = True
         return data
 
