@@ -40,6 +40,7 @@ from vllama.errors import ConfigError
 from vllama.gateway.app import make_app
 from vllama.gateway.keys import METRICS, Services
 from vllama.gateway.metrics import gauge
+from vllama.gateway.server import make_runner
 from vllama.gateway.targets import ROUTER, build_targets
 from vllama.gpu import GpuMonitor, import_nvml
 from vllama.models import facts
@@ -287,10 +288,7 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
     services = Services(config=cfg, store=ModelStore.from_config(cfg, loaded.runtime),
                         supervisor=supervisor, gpu=gpu, engine_key=engine_key)
     app = make_app(services)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
-                           # A client that disconnects cancels its handler at once, which
-                           # closes the upstream connection so vLLM aborts the sequence.
-                           handler_cancellation=True)
+    runner = make_runner(app, cfg)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     tasks = Tasks()
