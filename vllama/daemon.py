@@ -46,6 +46,7 @@ from vllama.gateway.app import make_app
 from vllama.gateway.keys import METRICS, Services
 from vllama.gateway.metrics import LifecycleMetrics, Metrics, gauge
 from vllama.gateway.seams import StoreView
+from vllama.gateway.server import make_runner
 from vllama.gateway.targets import ROUTER
 from vllama.gpu import GpuMonitor, GpuSnapshot, import_nvml
 from vllama.models import facts
@@ -469,10 +470,7 @@ async def _gateway(stack: contextlib.AsyncExitStack, daemon: Daemon) -> bool:
     """One process: the gateway runs on the main process's own loop."""
     cfg = daemon.loaded.config
     app = daemon.app = make_app(daemon.services)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
-                           # A client that disconnects cancels its handler at once, which
-                           # closes the upstream connection so vLLM aborts the sequence.
-                           handler_cancellation=True)
+    runner = make_runner(app, cfg)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     app[METRICS].collectors.append(daemon.engine_metrics)

@@ -1,4 +1,8 @@
-"""/health (ready or not, with why), /health/live (the loop runs), /metrics (Prometheus)."""
+"""/health (ready or not, with why), /health/live (the loop runs), /metrics (Prometheus).
+
+With an API key set, /health still answers its status code and status to anyone (load balancers
+cannot send a bearer header); engines, pids, ports, paths and GPUs go only to callers with the
+key. /metrics stays behind the key."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from aiohttp import web
 
 from vllama import __version__
 from vllama.gateway.keys import METRICS, SERVICES
+from vllama.gateway.middleware import authorized
 
 _encode = msgspec.json.Encoder().encode
 
@@ -55,6 +60,8 @@ def health_document(request: web.Request) -> tuple[bool, dict[str, Any]]:
 
 async def health(request: web.Request) -> web.Response:
     ready, doc = health_document(request)
+    if not authorized(request, request.app[SERVICES].config.api_key):
+        doc = {"status": doc["status"]}
     return web.Response(status=200 if ready else 503, body=_encode(doc),
                         content_type="application/json")
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from vllama.gateway.app import make_app
 from vllama.gateway.keys import METRICS, Services
 from vllama.gateway.metrics import Metrics
+from vllama.gateway.server import make_runner
 from vllama.gateway.targets import ROUTER
 from vllama.models.store import ModelStore
 from vllama.workers.client import ControlClient, MirroredGpu, MirroredSupervisor
@@ -47,8 +48,7 @@ async def run(control: str, worker: int) -> int:
                         worker=worker)
     app = make_app(services)
     metrics_box.append(app[METRICS])
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
-                           handler_cancellation=True)
+    runner = make_runner(app, cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
