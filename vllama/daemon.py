@@ -40,7 +40,7 @@ from vllama.errors import ConfigError
 from vllama.gateway.app import make_app
 from vllama.gateway.keys import METRICS, Services
 from vllama.gateway.metrics import gauge
-from vllama.gateway.server import make_runner
+from vllama.gateway.server import setup_runner_and_site
 from vllama.gateway.targets import ROUTER, build_targets
 from vllama.gpu import GpuMonitor, import_nvml
 from vllama.models import facts
@@ -288,15 +288,13 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
     services = Services(config=cfg, store=ModelStore.from_config(cfg, loaded.runtime),
                         supervisor=supervisor, gpu=gpu, engine_key=engine_key)
     app = make_app(services)
-    runner = make_runner(app, cfg)
-    await runner.setup()
+    runner, site = await setup_runner_and_site(app, cfg)
     stack.push_async_callback(runner.cleanup)
     tasks = Tasks()
     daemon = Daemon(loaded, cli, notifier, supervisor, services, app, tasks, started,
                     reload_wanted)
     app[METRICS].collectors.append(daemon.engine_metrics)
 
-    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
     try:
         await site.start()
     except OSError as exc:
