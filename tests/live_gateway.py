@@ -1,6 +1,6 @@
-"""The gateway served the way the daemon serves it (make_app, then server.make_runner and a
-TCPSite on a free loopback port), for tests of what lives below the routes: timeouts, the
-connection limit, malformed requests on raw sockets. Plus a small raw HTTP/1.1 exchange."""
+"""The gateway served the way the daemon serves it (make_app, then server.setup_runner_and_site,
+on a free loopback port), for tests of what lives below the routes: timeouts, the connection
+limit, malformed requests on raw sockets. Plus a small raw HTTP/1.1 exchange."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from aiohttp import web
 from vllama.config import Config
 from vllama.gateway.app import make_app
 from vllama.gateway.keys import Services
-from vllama.gateway.server import make_runner
+from vllama.gateway.server import setup_runner_and_site
 
 
 @dataclass
@@ -30,10 +30,9 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def live_gateway(config: Config) -> AsyncIterator[Live]:
+    config = msgspec.structs.replace(config, host="127.0.0.1", port=0)  # a free port
     app = make_app(Services.for_config(config))
-    runner = make_runner(app, config)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    runner, site = await setup_runner_and_site(app, config)
     try:
         await site.start()
         yield Live(site.port, app)

@@ -46,7 +46,7 @@ from vllama.gateway.app import make_app
 from vllama.gateway.keys import METRICS, Services
 from vllama.gateway.metrics import LifecycleMetrics, Metrics, gauge
 from vllama.gateway.seams import StoreView
-from vllama.gateway.server import make_runner
+from vllama.gateway.server import setup_runner_and_site
 from vllama.gateway.targets import ROUTER
 from vllama.gpu import GpuMonitor, GpuSnapshot, import_nvml
 from vllama.models import facts
@@ -470,11 +470,9 @@ async def _gateway(stack: contextlib.AsyncExitStack, daemon: Daemon) -> bool:
     """One process: the gateway runs on the main process's own loop."""
     cfg = daemon.loaded.config
     app = daemon.app = make_app(daemon.services)
-    runner = make_runner(app, cfg)
-    await runner.setup()
+    runner, site = await setup_runner_and_site(app, cfg)
     stack.push_async_callback(runner.cleanup)
     app[METRICS].collectors.append(daemon.engine_metrics)
-    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
     try:
         await site.start()
     except OSError as exc:

@@ -20,7 +20,7 @@ from tests.fake_vllm import FakeScript, make_app
 from tests.live_gateway import Live, exchange, live_gateway, read_reply
 from vllama.config import Config, ModelConfig
 from vllama.gateway.keys import METRICS
-from vllama.gateway.server import connection_cap
+from vllama.gateway.server import MAX_BACKLOG, descriptor_budget
 
 GET = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n"
 Upstream = Callable[..., Awaitable[TestServer]]
@@ -181,8 +181,11 @@ async def test_when_every_connection_is_busy_a_new_one_is_refused_clearly(
         assert metric(gw, 'vllama_connections_closed_total{reason="refused"}') == 1
 
 
-def test_connection_cap_stays_within_the_open_file_limit() -> None:
-    assert connection_cap(4096, 1024) == 512
-    assert connection_cap(4096, 65536) == 4096
-    assert connection_cap(4096, resource.RLIM_INFINITY) == 4096
-    assert connection_cap(4096, 1) == 1
+def test_connections_stay_within_the_open_file_limit() -> None:
+    assert descriptor_budget(4096, 65536) == (4096, MAX_BACKLOG)
+    assert descriptor_budget(4096, resource.RLIM_INFINITY) == (4096, MAX_BACKLOG)
+    for open_files in (64, 256, 1024, 4096):
+        cap, backlog = descriptor_budget(4096, open_files)
+        # clients, as many upstream connections, one accept batch, refusals draining
+        assert 2 * cap + 2 * backlog <= open_files, open_files
+        assert cap >= 1 and backlog >= 8

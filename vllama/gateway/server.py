@@ -12,14 +12,16 @@ connection:
   with 408 through the gateway's error mapping;
 - an idle keep-alive connection is closed after ``client_idle_timeout`` (aiohttp's own timer);
 - no timer of ours runs while a handler works, so a long streamed generation is never cut;
-- at most ``max_connections`` are open: at the limit the connection that has waited longest
-  for a request head is closed to make room (as nginx reuses idle connections), and only when
-  every connection is busy is the new one answered 503 and closed.
+- at most ``max_connections`` are open, each a file descriptor. At the limit one is closed to
+  make room for the new one (as nginx reuses idle connections): one already answered here and
+  draining, else the one that has been sending a request head the longest (a trickler; a real
+  client sends its head at once), else the one idle the longest. Only when every connection is
+  busy with a request is the new one answered 503 and closed.
 
 Whatever is answered here, outside any route (a malformed request, the timeouts, the
 refusal), carries Ollama's JSON error body like every other error.
 
-The daemon builds its runner with ``make_runner`` and binds a ``web.TCPSite`` to it as usual.
+The daemon sets up its runner and site with ``setup_runner_and_site``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ logger = logging.getLogger("vllama.gateway")
 # Seconds a connection answered here (refused, timed out) is kept to drain what the client still
 # sends, so that closing it does not reset the connection before the client has read why.
 LINGER = 1.0
+MAX_BACKLOG = 511  # nginx's listen backlog
 
 
 @dataclass(frozen=True)
@@ -57,25 +60,32 @@ class Limits:
     body_timeout: float
     idle_timeout: float
     max_connections: int
+    # The listen backlog, which is also how many connections asyncio accepts in one go (each a
+    # descriptor before any protocol can refuse it) and how many refused ones may drain at once.
+    backlog: int = 128
 
 
-def connection_cap(configured: int, open_files: int) -> int:
-    """``max_connections`` within half the open-file limit: the other half is for upstream
-    connections, the engines' pipes and the model cache."""
+def descriptor_budget(configured: int, open_files: int) -> tuple[int, int]:
+    """(max_connections, backlog) within the open-file limit. Client connections get half of
+    it (the other half is for their upstream connections and the daemon's own files), less
+    what one accept batch and the refused connections draining may hold beyond the count:
+    running out of descriptors would stop asyncio accepting anything for a second at a time."""
     if open_files <= 0 or open_files == resource.RLIM_INFINITY:
-        return configured
-    return max(1, min(configured, open_files // 2))
+        return configured, MAX_BACKLOG
+    half = open_files // 2
+    backlog = min(MAX_BACKLOG, max(8, half // 8))
+    return max(1, min(configured, half - 2 * backlog)), backlog
 
 
 def limits_for(config: Config) -> Limits:
     open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    cap = connection_cap(config.max_connections, open_files)
+    cap, backlog = descriptor_budget(config.max_connections, open_files)
     if cap < config.max_connections:
-        logger.info("max_connections %d lowered to %d: half the open-file limit (%d); raise "
+        logger.info("max_connections %d lowered to %d to fit the open-file limit (%d); raise "
                     "LimitNOFILE= or ulimit -n for more", config.max_connections, cap,
                     open_files, extra={"component": "gateway"})
     return Limits(config.client_header_timeout, config.client_body_timeout,
-                  config.client_idle_timeout, cap)
+                  config.client_idle_timeout, cap, backlog)
 
 
 @dataclass
@@ -117,14 +127,17 @@ class _Refused(asyncio.Protocol):
     """A connection over the limit once its 503 is written: what the client still sends is
     discarded until it closes (or the linger ends), so the close is not a reset."""
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self.timer = loop.call_later(LINGER, transport.close)
+    def __init__(self, server: GatewayServer, transport: asyncio.Transport) -> None:
+        self.server = server
+        server.refusals_draining += 1
+        self.timer = server.loop.call_later(LINGER, transport.close)
 
     def data_received(self, data: bytes) -> None:
         pass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.timer.cancel()
+        self.server.refusals_draining -= 1
 
 
 class GuardedHandler(RequestHandler):
@@ -176,17 +189,23 @@ class GuardedHandler(RequestHandler):
         if self._counted:
             self._counted = False
             self._server.stats.open -= 1
-            self._server.waiting.pop(self, None)
+            self._place(None)
+
+    def _place(self, where: dict[GuardedHandler, None] | None) -> None:
+        """Move this connection to the end of one of the server's closable sets (or none)."""
+        server = self._server
+        server.idle.pop(self, None)
+        server.trickling.pop(self, None)
+        server.draining.pop(self, None)
+        if where is not None and self._counted:
+            where[self] = None
 
     def _await_head(self, since: float | None) -> None:
         """Wait for the next request's head: from `since`, or (None) from its first byte."""
         self._busy = False
         self._head_since = since
         self._head_bytes = False
-        if self._counted:
-            waiting = self._server.waiting
-            waiting.pop(self, None)
-            waiting[self] = None  # to the end: the longest-waiting connection comes first
+        self._place(self._server.idle)
         if since is not None:
             self._arm(since + self._server.limits.header_timeout)
 
@@ -196,6 +215,7 @@ class GuardedHandler(RequestHandler):
         now = self._loop.time()
         if not self._busy and data and not self._head_bytes:
             self._head_bytes = True
+            self._place(self._server.trickling)
             if self._head_since is None:
                 self._head_since = now
                 self._arm(now + self._server.limits.header_timeout)
@@ -209,7 +229,7 @@ class GuardedHandler(RequestHandler):
     def _head_done(self, now: float) -> None:
         self._busy = True
         self._head_since = None
-        self._server.waiting.pop(self, None)
+        self._place(None)
         body = self._messages[-1][1] if self._messages else None
         if body is not None and not body.is_eof():
             self._body = body
@@ -261,26 +281,23 @@ class GuardedHandler(RequestHandler):
 
     def _head_timed_out(self) -> None:
         self._server.stats.header_timeouts += 1
-        self._close_with(408, "request headers timed out: the request did not arrive within "
-                         f"{self._server.limits.header_timeout:g} s (client_header_timeout)")
+        self._answer_and_drain(408, "request headers timed out: the request did not arrive "
+                               f"within {self._server.limits.header_timeout:g} s "
+                               "(client_header_timeout)")
 
-    def evict(self) -> None:
-        """Close this connection, waiting for a head, to make room for a new one."""
-        self._uncount()
-        self._server.stats.evicted += 1
-        self._close_with(503, "server busy: too many open connections (max_connections); "
-                         "this idle one was closed for a new one")
-
-    def _close_with(self, status: int, message: str) -> None:
+    def _answer_and_drain(self, status: int, message: str) -> None:
         """Answer a half-sent request and close; a connection that sent nothing is just
         closed. The answer goes out with a half-close, and what the client still sends is
-        discarded until it closes (or the linger ends): closing at once would reset the
-        connection under the client's feet, before it could read why."""
+        discarded until it closes or the linger ends (closing at once could reset the
+        connection under the client's feet, before it read why). The connection still holds
+        its descriptor and its place in the count until then, but is the first one closed
+        when room is needed."""
         transport = self.transport
         if not self._head_bytes or transport is None:
             self.force_close()
             return
         self._busy = True  # no clock of ours runs again on this connection
+        self._place(self._server.draining)
         transport.write(raw_response(status, message))
         if transport.can_write_eof():
             transport.write_eof()
@@ -289,7 +306,22 @@ class GuardedHandler(RequestHandler):
         self._force_close = True
         if self._waiter is not None:
             self._waiter.cancel()
-        self._timer = self._loop.call_later(LINGER, transport.close)
+        self._timer = self._loop.call_later(LINGER, self.close_now)
+
+    def close_now(self) -> None:
+        """Close at once, giving the place in the count back now (room for a new one)."""
+        self._uncount()
+        self.force_close()
+
+    def evict(self) -> None:
+        """Close this connection, waiting for a head, to make room for a new one: at once,
+        with a 503 if it had sent part of a request (asyncio writes it before closing)."""
+        self._server.stats.evicted += 1
+        if self._head_bytes and self.transport is not None:
+            self.transport.write(raw_response(503, "server busy: too many open connections "
+                                              "(max_connections); this one waited longest "
+                                              "for its request and was closed for a new one"))
+        self.close_now()
 
     # ------------------------------------------------------------------ errors outside routes
 
@@ -329,8 +361,12 @@ class GatewayServer(web.Server):
         self._app_handler = handler
         self.limits = limits
         self.stats = stats
-        # Connections waiting for a request head, the longest-waiting first.
-        self.waiting: dict[GuardedHandler, None] = {}
+        # Counted connections that may be closed for room, each set the oldest first: answered
+        # here and draining, sending a head (since its first byte), idle (no byte yet).
+        self.draining: dict[GuardedHandler, None] = {}
+        self.trickling: dict[GuardedHandler, None] = {}
+        self.idle: dict[GuardedHandler, None] = {}
+        self.refusals_draining = 0
 
     def __call__(self) -> GuardedHandler:
         return GuardedHandler(self, loop=self._loop, **self._kwargs)
@@ -347,10 +383,18 @@ class GatewayServer(web.Server):
             return error_response(request, error.status, error.message)
         return response
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
     def make_room(self) -> bool:
-        for handler in self.waiting:
-            handler.evict()
+        if self.draining:  # answered already: the cheapest to close
+            next(iter(self.draining)).close_now()
             return True
+        for waiting in (self.trickling, self.idle):
+            if waiting:
+                next(iter(waiting)).evict()
+                return True
         return False
 
     def refuse(self, transport: asyncio.Transport) -> None:
@@ -359,9 +403,12 @@ class GatewayServer(web.Server):
             logger.warning("refused a connection: %d open, every one busy (max_connections); "
                            "%d refused so far", self.stats.open, self.stats.refused,
                            extra={"component": "gateway"})
-        transport.set_protocol(_Refused(transport, self._loop))
         transport.write(raw_response(503, "server busy: too many open connections "
                                      f"({self.limits.max_connections}, max_connections)"))
+        if self.refusals_draining >= self.limits.backlog:
+            transport.close()
+            return
+        transport.set_protocol(_Refused(self, transport))
         transport.write_eof()
 
 
@@ -383,13 +430,19 @@ class GatewayRunner(web.AppRunner):
                              limits=self._limits, stats=self._stats, **plain._kwargs)
 
 
-def make_runner(app: web.Application, config: Config) -> web.AppRunner:
-    """The gateway's runner (set it up, then bind a web.TCPSite to it)."""
+async def setup_runner_and_site(app: web.Application, config: Config, *,
+                                reuse_port: bool = False) -> tuple[web.AppRunner, web.TCPSite]:
+    """The gateway's runner, set up (the app's startup has run), and its site on
+    config.host:port, to be started. Gateway workers share the port (reuse_port)."""
     limits = limits_for(config)
     stats = Stats()
     app[METRICS].collectors.append(stats.lines)
-    return GatewayRunner(app, limits, stats, access_log=None, handle_signals=False,
-                         shutdown_timeout=5.0, keepalive_timeout=limits.idle_timeout,
-                         # A client that disconnects cancels its handler at once, which
-                         # closes the upstream connection so vLLM aborts the sequence.
-                         handler_cancellation=True)
+    runner = GatewayRunner(app, limits, stats, access_log=None, handle_signals=False,
+                           shutdown_timeout=5.0, keepalive_timeout=limits.idle_timeout,
+                           # A client that disconnects cancels its handler at once, which
+                           # closes the upstream connection so vLLM aborts the sequence.
+                           handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True,
+                       reuse_port=reuse_port or None, backlog=limits.backlog)
+    return runner, site

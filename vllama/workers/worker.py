@@ -14,12 +14,10 @@ import contextlib
 import logging
 import signal
 
-from aiohttp import web
-
 from vllama.gateway.app import make_app
 from vllama.gateway.keys import METRICS, Services
 from vllama.gateway.metrics import Metrics
-from vllama.gateway.server import make_runner
+from vllama.gateway.server import setup_runner_and_site
 from vllama.gateway.targets import ROUTER
 from vllama.models.store import ModelStore
 from vllama.workers.client import ControlClient, MirroredGpu, MirroredSupervisor
@@ -48,7 +46,6 @@ async def run(control: str, worker: int) -> int:
                         worker=worker)
     app = make_app(services)
     metrics_box.append(app[METRICS])
-    runner = make_runner(app, cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,9 +64,8 @@ async def run(control: str, worker: int) -> int:
 
     client.on_configure = reconfigure
     client.start()
-    await runner.setup()
+    runner, site = await setup_runner_and_site(app, cfg, reuse_port=True)
     try:
-        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True, reuse_port=True)
         try:
             await site.start()
         except OSError as exc:
