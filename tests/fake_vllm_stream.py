@@ -79,7 +79,7 @@ class _SseWriter:
 
     def _stalled(self) -> bool:
         stall = self.script.stall_after
-        return stall is not None and self.sent >= stall
+        return self.script.wedged or (stall is not None and self.sent >= stall)
 
     async def send(self, payload: bytes, *, delay: bool = True) -> None:
         script = self.script
@@ -107,6 +107,7 @@ class _SseWriter:
         except ConnectionError as exc:
             raise _ClientGone from exc
         self.sent += 1
+        self.state.tokens += 1
 
     async def send_error(self) -> None:
         """What vLLM sends when the engine dies mid-stream: an error event, then [DONE]."""

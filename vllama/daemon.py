@@ -57,6 +57,7 @@ from vllama.supervisor import (
     EngineSettings,
     EngineSpec,
     EngineState,
+    HttpLiveness,
     Supervisor,
     check_extra_args,
     hardware_info,
@@ -77,6 +78,7 @@ def engine_settings(cfg: Config) -> EngineSettings:
         startup_timeout=cfg.startup_timeout,
         stop_timeout=cfg.stop_timeout,
         health_poll_interval=cfg.health_poll_interval,
+        hang_timeout=cfg.engine_hang_timeout,
         backoff=BackoffPolicy(initial=cfg.restart_backoff_initial,
                               maximum=cfg.restart_backoff_max,
                               restart_max=cfg.restart_max, window=cfg.restart_window,
@@ -209,6 +211,10 @@ class Daemon:
                 self.notifier.extend_timeout(EXTEND_USEC)
                 self.notifier.status(self.status_line())
                 for status in loading:
+                    if status.state == EngineState.BACKOFF:  # not loading: waiting to restart
+                        logger.info("%s", status.reason,
+                                    extra={"component": "supervisor", "model": status.model})
+                        continue
                     phase = status.phase or str(status.state)
                     logger.info("loading %s: %s (%.0f s)", status.model, phase,
                                 status.load_seconds or 0.0,
@@ -345,12 +351,13 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
     probe_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3))
     stack.push_async_callback(probe_session.close)
     probe = health_probe(probe_session)
+    liveness = HttpLiveness(probe_session)
     gpu_freed = gpu.memory_freed_for if snapshot.available else None
     cwd = os.getcwd()
 
     def factory(spec: EngineSpec, settings: EngineSettings) -> Engine:
         return Engine(spec, settings, hardware=hw, probe=probe, environ=loaded.environ,
-                      cwd=cwd, gpu_freed=gpu_freed)
+                      cwd=cwd, gpu_freed=gpu_freed, liveness=liveness)
 
     supervisor = Supervisor(factory, engine_settings(cfg))
     store = ModelStore.from_config(cfg, loaded.runtime)

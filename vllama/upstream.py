@@ -20,7 +20,7 @@ import aiohttp
 import msgspec
 from multidict import CIMultiDictProxy
 
-from vllama.errors import EngineDied, UpstreamError
+from vllama.errors import EngineDied, UpstreamError, UpstreamStalled
 from vllama.translate.models import RUNNER_STOPPED
 from vllama.translate.stream import error_from_upstream
 
@@ -70,10 +70,11 @@ def _body_errors() -> Iterator[None]:
 class UpstreamResponse:
     """A successful (2xx) upstream response, read only through vllama's errors."""
 
-    __slots__ = ("_resp", "finished")
+    __slots__ = ("_idle", "_resp", "finished")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, idle_timeout: float = 0.0) -> None:
         self._resp = resp
+        self._idle = idle_timeout  # longest silence between two reads of chunks(); 0: none
         self.finished = False  # the body was read to its end: the connection can be reused
 
     @property
@@ -88,9 +89,18 @@ class UpstreamResponse:
         """The body as it arrives, one network read at a time (several SSE events may share
         one read, and one event may span reads)."""
         read = self._resp.content.readany
+        idle = self._idle or None
         while True:
-            with _body_errors():
-                data = await read()
+            try:
+                with _body_errors():
+                    async with asyncio.timeout(idle):
+                        data = await read()
+            except TimeoutError:
+                # A stream that keeps sending is never cut; one that went silent this long
+                # is a hung upstream (a local engine's own watch usually acts first).
+                logger.warning("upstream stream sent nothing for %g s; giving it up", idle)
+                raise UpstreamStalled(f"the model sent nothing for {idle:g} s "
+                                      "(stream_idle_timeout); giving up") from None
             if not data:
                 self.finished = True
                 return
@@ -125,10 +135,12 @@ async def _send(session: aiohttp.ClientSession, url: str, body: bytes,
 
 @contextlib.asynccontextmanager
 async def post(session: aiohttp.ClientSession, url: str, body: bytes,
-               headers: Mapping[str, str] | None = None) -> AsyncIterator[UpstreamResponse]:
+               headers: Mapping[str, str] | None = None, *, idle_timeout: float = 0.0
+               ) -> AsyncIterator[UpstreamResponse]:
     """POST `body` and yield the response once its status is known. A connection failure is
     UpstreamError (502); an error status is UpstreamError with the upstream's status and
-    text. Leaving the block releases the connection (body read to its end) or drops it."""
+    text; `idle_timeout` bounds the silence between reads of the body (UpstreamStalled).
+    Leaving the block releases the connection (body read to its end) or drops it."""
     resp = await _send(session, url, body, headers)
     if resp.status >= 400:
         try:
@@ -138,7 +150,7 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes,
         finally:
             resp.release()
         raise error_from_upstream(resp.status, data)
-    stream = UpstreamResponse(resp)
+    stream = UpstreamResponse(resp, idle_timeout)
     try:
         yield stream
     finally:

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from vllama.supervisor.argv import flag_name
+from vllama.vllm_flags import flag_name
 
 # The keys of _TOOL_PARSERS_TO_REGISTER in vllm/tool_parsers/__init__.py of vLLM 0.32.0, read
 # from the installed package: `--tool-call-parser` accepts these (or a plugin's names).
