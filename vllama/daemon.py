@@ -97,7 +97,8 @@ def model_keep_alive(cfg: Config, model: ModelConfig) -> float:
 
 def scheduler_policy(cfg: Config, on_gpu: bool) -> Policy:
     return Policy(keep_alive=cfg.keep_alive, max_queue=cfg.max_queue,
-                  load_timeout=cfg.load_timeout, sleep=on_gpu and cfg.sleep_mode == "auto")
+                  load_timeout=cfg.load_timeout, sleep=on_gpu and cfg.sleep_mode == "auto",
+                  retry_after=cfg.restart_backoff_max)
 
 
 def engine_post(session: aiohttp.ClientSession) -> EnginePost:
