@@ -46,6 +46,7 @@ from vllama.gateway.seams import StoreView
 from vllama.gateway.targets import ROUTER
 from vllama.gpu import GpuMonitor, import_nvml
 from vllama.models import facts
+from vllama.models.pulls import Pulls
 from vllama.models.store import ModelStore
 from vllama.scheduler.capacity import Capacity
 from vllama.scheduler.engines import EnginePost, SupervisedEngines
@@ -179,6 +180,7 @@ class Daemon:
     planner: Capacity
     supervisor_has_gpu: bool
     lifecycle: LifecycleMetrics = field(default_factory=LifecycleMetrics)
+    pulls: Pulls = field(default_factory=Pulls)  # kept across reloads; cancelled at shut-down
 
     @property
     def where(self) -> str:
@@ -273,7 +275,7 @@ class Daemon:
         old = self.loaded.config
         self.loaded = new
         cfg = new.config
-        store = ModelStore.from_config(cfg, new.runtime)
+        store = ModelStore.from_config(cfg, new.runtime, pulls=self.pulls)
         self.services.config = cfg
         self.services.store = store
         self.supervisor.settings = engine_settings(cfg)
@@ -361,7 +363,8 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
                       cwd=cwd, gpu_freed=gpu_freed, liveness=liveness)
 
     supervisor = Supervisor(factory, engine_settings(cfg))
-    store = ModelStore.from_config(cfg, loaded.runtime)
+    pulls = Pulls()
+    store = ModelStore.from_config(cfg, loaded.runtime, pulls=pulls)
     engines = SupervisedEngines(supervisor, vllm_command=cfg.vllm_argv,
                                 common_args=cfg.vllm_args, engine_key=engine_key,
                                 post=engine_post(probe_session),
@@ -378,9 +381,12 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
                            handler_cancellation=True)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
+    # Before the gateway closes: pulls stop at once, and their clients' handlers with them
+    # (a hub that never answers must not hold the shut-down).
+    stack.push_async_callback(pulls.close)
     tasks = Tasks()
     daemon = Daemon(loaded, cli, notifier, supervisor, services, app, tasks, started,
-                    reload_wanted, scheduler, engines, planner, hw.on_gpu)
+                    reload_wanted, scheduler, engines, planner, hw.on_gpu, pulls=pulls)
     app[METRICS].collectors.append(daemon.engine_metrics)
 
     site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
