@@ -49,6 +49,9 @@ class FakeScript:
     # vllm#36960: the engine core is stuck while the API server answers (/health 200, /metrics
     # with frozen counters); every generation stops where it is and new ones never start.
     wedged: bool = False
+    # SSE events sent before one that never ends: `data: xxxx...` without a newline, until
+    # the client leaves (an upstream bug the gateway must bound).
+    endless_line_after: int | None = None
     # How the child was started (argv tail and the environment a placement sets), for tests.
     launch: dict[str, Any] = field(default_factory=dict)
 

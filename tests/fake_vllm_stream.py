@@ -91,6 +91,9 @@ class _SseWriter:
             if self.request.transport is not None:
                 self.request.transport.close()
             raise _Dropped
+        endless = script.endless_line_after
+        if endless is not None and self.sent >= endless:
+            await self._endless_line()
         if self._stalled():
             outcome = await wait_or_gone(self.request, self.state, None, self._stalled)
             if outcome == "gone":
@@ -100,6 +103,16 @@ class _SseWriter:
         await self._write(payload)
         if delay and script.token_delay > 0:
             await wait_or_gone(self.request, self.state, script.token_delay)
+
+    async def _endless_line(self) -> None:
+        block = b"x" * 65536
+        try:
+            await self.resp.write(b'data: {"choices": "')
+            for _ in range(4096):  # 256 MiB at most, should the client never give up
+                await self.resp.write(block)
+        except ConnectionError as exc:
+            raise _ClientGone from exc
+        raise _Dropped
 
     async def _write(self, payload: bytes) -> None:
         try:

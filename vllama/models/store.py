@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -341,9 +341,10 @@ class ModelStore:
             raise BadRequest(NO_STORE)
         return self.user_aliases
 
-    def rm(self, name: str) -> int:
+    def rm(self, name: str, *, running: Collection[str] = ()) -> int:
         """Remove `name`: only the alias if it is one of vllama's aliases, else the repo's
-        whole cache folder. Returns the bytes freed."""
+        whole cache folder. Returns the bytes freed. `running`: the sources (repo ids) that
+        engines serve now: their weights are not deleted under them."""
         validate(name)
         if self.user_aliases is not None and self.user_aliases.remove(name):
             return 0
@@ -361,7 +362,16 @@ class ModelStore:
                              "it")
         if self.cache_dir is None:
             raise NotFound(f"model '{name}' not found")
+        if resolved.source.lower() in {r.lower() for r in running}:
+            shown = display_name(name)
+            raise BadRequest(f"model '{shown}' is running: stop it first (vllama stop "
+                             f"{shown}), then delete it")
         repo_dir = self.cache_dir / cache.repo_folder(resolved.source)
+        if repo_dir.is_symlink():
+            # rmtree refuses a link (and must never delete what it points to).
+            raise BadRequest(f"model '{name}' is a symbolic link in the model cache "
+                             f"({repo_dir}); vllama deletes only what it downloaded: remove "
+                             "the link yourself")
         if not repo_dir.is_dir():
             raise NotFound(f"model '{name}' not found")
         freed = _tree_size(repo_dir)
