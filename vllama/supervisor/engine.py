@@ -52,7 +52,7 @@ from vllama.supervisor.classify import (
     timeout_classification,
 )
 from vllama.supervisor.liveness import HangWatch, parse_metrics
-from vllama.supervisor.output import LineBudget, LineReader, phase_of
+from vllama.supervisor.output import LineBudget, LineReader, is_access_line, phase_of
 from vllama.supervisor.state import (
     SETTLED,
     EngineSettings,
@@ -676,6 +676,8 @@ class Engine:
             if len(partial) > _STREAM_LIMIT:
                 partial = b""
                 lines.append(b"[vllama: over-long output line dropped]")
+            if not child_log.isEnabledFor(logging.DEBUG):
+                lines = [raw for raw in lines if not is_access_line(raw)]
             allowed = budget.grant(len(lines))
             for raw in lines[:allowed]:
                 self._relay(reader, raw, extra)

@@ -26,6 +26,13 @@ _LEVELS = {
 # uvicorn's access line (`INFO:     127.0.0.1:5 - "GET /metrics HTTP/1.1" 200 OK`): the gateway
 # logs every request itself, and the supervisor's own probes would fill the log, so DEBUG.
 _ACCESS = re.compile(r'^INFO:\s+\S+ - "[A-Z]+ \S+ HTTP/[\d.]+" \d{3}')
+_ACCESS_RAW = re.compile(_ACCESS.pattern.encode())
+
+
+def is_access_line(raw: bytes) -> bool:
+    """uvicorn's access line, before decoding: the relay skips these cheaply when DEBUG is off
+    (they would not be logged, and must not use up the line budget of lines that would)."""
+    return _ACCESS_RAW.match(raw) is not None
 # An unprefixed line that is clearly an error: a raised exception's last line or argparse.
 _ERRORISH = re.compile(r"^(?:[\w.]+(?:Error|Exception|Interrupt)\b|\w+: error: )")
 
