@@ -11,9 +11,8 @@ and drops it otherwise (the client left, or an error), so vLLM aborts the sequen
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -57,24 +56,23 @@ def _dumps(obj: Any) -> str:
     return msgspec.json.encode(obj).decode()
 
 
-@contextlib.contextmanager
-def _body_errors() -> Iterator[None]:
-    """A body read that fails means the upstream went away mid-response."""
-    try:
-        yield
-    except _STREAM_ERRORS as exc:
-        logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
-        raise EngineDied(RUNNER_STOPPED) from None
+def _broke(exc: BaseException) -> EngineDied:
+    """A body read that failed: the upstream went away mid-response."""
+    logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
+    return EngineDied(RUNNER_STOPPED)
 
 
 class UpstreamResponse:
     """A successful (2xx) upstream response, read only through vllama's errors."""
 
-    __slots__ = ("_idle", "_resp", "finished")
+    __slots__ = ("_idle", "_last", "_resp", "_stalled", "_timer", "finished")
 
     def __init__(self, resp: aiohttp.ClientResponse, idle_timeout: float = 0.0) -> None:
         self._resp = resp
         self._idle = idle_timeout  # longest silence between two reads of chunks(); 0: none
+        self._last = 0.0  # loop time of the last read
+        self._stalled = False
+        self._timer: asyncio.TimerHandle | None = None
         self.finished = False  # the body was read to its end: the connection can be reused
 
     @property
@@ -89,26 +87,51 @@ class UpstreamResponse:
         """The body as it arrives, one network read at a time (several SSE events may share
         one read, and one event may span reads)."""
         read = self._resp.content.readany
-        idle = self._idle or None
-        while True:
-            try:
-                with _body_errors():
-                    async with asyncio.timeout(idle):
-                        data = await read()
-            except TimeoutError:
-                # A stream that keeps sending is never cut; one that went silent this long
-                # is a hung upstream (a local engine's own watch usually acts first).
-                logger.warning("upstream stream sent nothing for %g s; giving it up", idle)
-                raise UpstreamStalled(f"the model sent nothing for {idle:g} s "
-                                      "(stream_idle_timeout); giving up") from None
-            if not data:
-                self.finished = True
+        now = asyncio.get_running_loop().time
+        if self._idle > 0:
+            self._watch()
+        try:
+            while True:
+                try:  # inline, not a context manager: this runs for every network read
+                    data = await read()
+                except _STREAM_ERRORS as exc:
+                    if self._stalled:
+                        raise UpstreamStalled(f"the model sent nothing for {self._idle:g} s "
+                                              "(stream_idle_timeout); giving up") from None
+                    raise _broke(exc) from None
+                if not data:
+                    self.finished = True
+                    return
+                self._last = now()
+                yield data
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _watch(self) -> None:
+        """One timer per stream, not one per read (this is the relay's hot loop): it re-arms
+        itself from the last read, and when the stream has been silent for the idle timeout
+        it closes the connection, so the pending read fails and says why. A stream that keeps
+        sending, however slowly, is never cut."""
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+
+        def check() -> None:
+            left = self._last + self._idle - loop.time()
+            if left > 0:
+                self._timer = loop.call_later(left, check)
                 return
-            yield data
+            logger.warning("upstream stream sent nothing for %g s; giving it up", self._idle)
+            self._stalled = True
+            self._resp.close()
+
+        self._timer = loop.call_later(self._idle, check)
 
     async def read(self) -> bytes:
-        with _body_errors():
+        try:
             data = await self._resp.read()
+        except _STREAM_ERRORS as exc:
+            raise _broke(exc) from None
         self.finished = True
         return data
 
@@ -133,28 +156,47 @@ async def _send(session: aiohttp.ClientSession, url: str, body: bytes,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-@contextlib.asynccontextmanager
-async def post(session: aiohttp.ClientSession, url: str, body: bytes,
-               headers: Mapping[str, str] | None = None, *, idle_timeout: float = 0.0
-               ) -> AsyncIterator[UpstreamResponse]:
-    """POST `body` and yield the response once its status is known. A connection failure is
-    UpstreamError (502); an error status is UpstreamError with the upstream's status and
-    text; `idle_timeout` bounds the silence between reads of the body (UpstreamStalled).
-    Leaving the block releases the connection (body read to its end) or drops it."""
-    resp = await _send(session, url, body, headers)
-    if resp.status >= 400:
-        try:
-            data = await resp.read()
-        except aiohttp.ClientError:
-            data = b""
-        finally:
-            resp.release()
-        raise error_from_upstream(resp.status, data)
-    stream = UpstreamResponse(resp, idle_timeout)
-    try:
-        yield stream
-    finally:
+class Exchange:
+    """One POST to an upstream, as an async context manager (a class, not a generator: it runs
+    on every request)."""
+
+    __slots__ = ("_args", "_idle", "_resp", "_stream")
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, body: bytes,
+                 headers: Mapping[str, str] | None, idle_timeout: float = 0.0) -> None:
+        self._args = (session, url, body, headers)
+        self._idle = idle_timeout
+        self._resp: aiohttp.ClientResponse | None = None
+        self._stream: UpstreamResponse | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        resp = self._resp = await _send(*self._args)
+        if resp.status >= 400:
+            try:
+                data = await resp.read()
+            except aiohttp.ClientError:
+                data = b""
+            finally:
+                resp.release()
+            raise error_from_upstream(resp.status, data)
+        self._stream = UpstreamResponse(resp, self._idle)
+        return self._stream
+
+    async def __aexit__(self, *exc: object) -> None:
+        resp, stream = self._resp, self._stream
+        if resp is None or stream is None:
+            return
         if stream.finished:
             resp.release()
         else:
             resp.close()
+
+
+def post(session: aiohttp.ClientSession, url: str, body: bytes,
+         headers: Mapping[str, str] | None = None, *, idle_timeout: float = 0.0) -> Exchange:
+    """POST `body`; `async with` it to get the response once its status is known. A connection
+    failure is UpstreamError (502); an error status is UpstreamError with the upstream's status
+    and text; a body that sends nothing for `idle_timeout` seconds between reads of chunks()
+    is UpstreamStalled. Leaving the block releases the connection (body read to its end) or
+    drops it (anything else: the client left, or an error), so vLLM aborts the sequence."""
+    return Exchange(session, url, body, headers, idle_timeout)

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT, free_port
+from tests.served import workers_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -42,7 +43,7 @@ class Daemon:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "vllama", "serve", "--config", str(self.config),
-                 "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT,
+                 "--port", str(self.port), *workers_args()], stdout=out, stderr=subprocess.STDOUT,
                 env={**base, **env}, cwd=REPO_ROOT, start_new_session=True)
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10,
                                  headers={"Authorization": f"Bearer {GATEWAY_KEY}"})

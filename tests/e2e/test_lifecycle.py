@@ -30,6 +30,7 @@ from tests import fake_hf_hub as fh
 from tests.conftest import REPO_ROOT, free_port
 from tests.e2e.engine import ENGINE_ENV
 from tests.e2e.fixtures import tiny_model_dir, vllm_bin
+from tests.served import workers_args
 from vllama.supervisor.procs import group_members
 
 pytestmark = [pytest.mark.e2e_vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -63,7 +64,7 @@ async def serve(config: str, tmp: Path, env: dict[str, str] | None = None
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "vllama", "serve", "--config", str(cfg), "--port", str(port),
-            stdout=out, stderr=out, cwd=REPO_ROOT, start_new_session=True,
+            *workers_args(), stdout=out, stderr=out, cwd=REPO_ROOT, start_new_session=True,
             env={**base, **ENGINE_ENV, **(env or {})})
     served = Served(f"http://127.0.0.1:{port}", log, proc)
     try:
@@ -212,7 +213,9 @@ async def test_a_load_that_fails_fails_every_waiter(vllm_bin: Path, copies: dict
         assert {s for s, _ in results} == {503}, results
         errors = {d["error"] for _, d in results}
         assert len(errors) == 1  # one load, one classified reason, for every waiter
-        assert "max_model_len" in next(iter(errors)) or "config" in next(iter(errors))
+        # classified as the configuration error it is (not restart-looped): at once
+        assert next(iter(errors)) == ("model 'bad' failed: --max-model-len is longer than the "
+                                      "model's own context: lower it")
         assert await ps(session, served) == {}
 
 

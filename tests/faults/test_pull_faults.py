@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 from tests.conftest import REPO_ROOT, free_port
+from tests.served import workers_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -88,7 +89,8 @@ async def test_hung_pulls_starve_nothing_and_sigterm_is_prompt(tmp_path: Path) -
         with log.open("wb") as out:
             proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for in a thread
                 [sys.executable, "-m", "vllama", "serve", "--config", str(cfg), "--port",
-                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                 str(port), *workers_args()], stdout=out, stderr=subprocess.STDOUT, env=env,
+                cwd=REPO_ROOT,
                 start_new_session=True)
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:

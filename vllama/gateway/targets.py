@@ -12,10 +12,10 @@ scheduler's (`leased`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -23,11 +23,12 @@ from aiohttp import web
 from vllama.config import Config, ModelConfig
 from vllama.errors import Unavailable
 from vllama.gateway.keys import MODEL, SERVICES
-from vllama.gateway.seams import StoreView
+from vllama.gateway.seams import SchedulerView, StoreView
 from vllama.models import facts
 from vllama.models.facts import ModelFiles
 from vllama.models.names import InvalidName
 from vllama.models.store import LocalModel, Overrides
+from vllama.scheduler.state import Lease
 from vllama.translate.models import Endpoint, invalid_name, model_required, name_error
 from vllama.translate.request import ModelCaps
 from vllama.translate.values import CreatedAt
@@ -177,19 +178,33 @@ async def route(request: web.Request, endpoint: Endpoint, name: str
     return target, overrides
 
 
-@contextlib.asynccontextmanager
-async def leased(request: web.Request, target: Target, keep_alive: float | None = None
-                 ) -> AsyncIterator[str]:
+class leased:
     """Hold the model loaded for the life of a request (loading it first if needed); yields
-    its OpenAI base URL. A remote upstream needs no lease."""
-    if not target.model.is_local:
-        yield target.model.upstream.rstrip("/")
-        return
-    scheduler = request.app[SERVICES].scheduler
-    if scheduler is None:
-        raise Unavailable(f"model '{target.name}' is not running: vllama runs no engines here")
-    async with scheduler.lease(target.model, keep_alive) as lease:
-        yield lease.base_url
+    its OpenAI base URL. A remote upstream needs no lease. (A class, not a generator-based
+    context manager: it runs on every request.)"""
+
+    __slots__ = ("_keep_alive", "_lease", "_request", "_scheduler", "_target")
+
+    def __init__(self, request: web.Request, target: Target,
+                 keep_alive: float | None = None) -> None:
+        self._request, self._target, self._keep_alive = request, target, keep_alive
+        self._scheduler: SchedulerView | None = None
+        self._lease: Lease | None = None
+
+    async def __aenter__(self) -> str:
+        model = self._target.model
+        if not model.is_local:
+            return model.upstream.rstrip("/")
+        scheduler = self._scheduler = self._request.app[SERVICES].scheduler
+        if scheduler is None:
+            raise Unavailable(f"model '{model.name}' is not running: vllama runs no engines "
+                              "here")
+        self._lease = await scheduler.acquire(model, self._keep_alive)
+        return self._lease.base_url
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._scheduler is not None and self._lease is not None:
+            self._scheduler.release(self._lease)
 
 
 def api_url(base: str, path: str) -> str:
