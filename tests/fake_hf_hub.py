@@ -12,8 +12,9 @@ Speaks:
   `X-Error-Code: GatedRepo`.
 
 Scriptable through `HubScript` (a mutable dataclass tests tweak): drop the connection part-way
-through a file, answer a status instead of a file, slow the body down. `HubState` counts what
-was served (bytes per file, Range requests) so tests can tell a resume from a restart.
+through a file, answer a status instead of a file, slow the body down, never answer at all.
+`HubState` counts what was served (bytes per file, Range requests) so tests can tell a resume
+from a restart.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class HubScript:
     fail_get: dict[str, list[int]] = field(default_factory=dict)
     chunk_size: int = 64 * 1024
     chunk_delay: float = 0.0  # seconds between body chunks: makes progress observable
+    # A hub that never answers: every request is held (no status, no byte) until its client
+    # gives up or a test sets this back to False.
+    hang: bool = False
 
 
 @dataclass
@@ -79,6 +83,7 @@ class HubState:
     bytes_served: dict[str, int] = field(default_factory=dict)
     range_requests: list[tuple[str, str]] = field(default_factory=list)
     tokens_seen: list[str | None] = field(default_factory=list)
+    hung: int = 0  # requests held by `HubScript.hang`
 
     def total_bytes(self) -> int:
         return sum(self.bytes_served.values())
@@ -110,9 +115,20 @@ def _token(request: web.Request) -> str | None:
     return auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
 
 
+async def _hang(request: web.Request) -> None:
+    script = request.app[HUB_SCRIPT]
+    request.app[HUB_STATE].hung += 1
+    # Polled: aiohttp tells a handler nothing when its client leaves, only the transport does.
+    while (  # noqa: ASYNC110
+            script.hang and request.transport is not None and not request.transport.is_closing()):
+        await asyncio.sleep(0.05)
+
+
 async def model_info(request: web.Request) -> web.Response:
     state = request.app[HUB_STATE]
     state.requests.append((request.method, request.path))
+    if request.app[HUB_SCRIPT].hang:
+        await _hang(request)
     repo = _find(request)
     if repo is None:
         return _error(404, "RepoNotFound", "Repository not found")
@@ -143,6 +159,8 @@ async def resolve(request: web.Request) -> web.StreamResponse:
     state = request.app[HUB_STATE]
     script = request.app[HUB_SCRIPT]
     state.requests.append((request.method, request.path))
+    if script.hang:
+        await _hang(request)
     repo = _find(request)
     if repo is None:
         return _error(404, "RepoNotFound", "Repository not found")

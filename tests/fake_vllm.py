@@ -261,6 +261,10 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         return ctx
     state.generation_started()
     try:
+        # Wedged: the core never schedules it (until a test frees it or the client leaves).
+        if script.wedged and await wait_or_gone(
+                request, state, None, lambda: script.wedged) != "done":
+            return web.Response()
         if body.get("stream"):
             return await stream_reply(request, ctx, script, state)
         return await _non_stream(request, ctx, script, state)
@@ -291,6 +295,7 @@ async def _non_stream(
         return web.Response()  # nobody is listening; aiohttp drops it
     if waited == "abort" or script.error_after is not None:
         return error_response(ENGINE_DEAD, status=500, err_type="InternalServerError")
+    state.tokens += ctx.completion_tokens
     return json_response(full_reply(ctx))
 
 
@@ -318,6 +323,7 @@ def make_app(script: FakeScript | None = None) -> web.Application:
     app.router.add_get("/load", misc.load)
     app.router.add_get("/metrics", misc.metrics)
     app.router.add_get("/fake/info", misc.fake_info)
+    app.router.add_post("/fake/wedge", misc.fake_wedge)
     if app[FAKE_SCRIPT].dev_mode:
         app.router.add_post("/sleep", misc.sleep)
         app.router.add_post("/wake_up", misc.wake_up)

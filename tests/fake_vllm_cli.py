@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -35,7 +36,8 @@ FAIL_KINDS = ("config", "nomem", "model", "crash")
 ENGINE_LIFETIME_S = 600
 _ENGINE_CODE = (
     "import signal, sys, time\n"
-    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+    "stubborn = sys.argv[2] == '1'\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN if stubborn else lambda *a: sys.exit(0))\n"
     "signal.signal(signal.SIGINT, lambda *a: sys.exit(0))\n"
     "time.sleep(float(sys.argv[1]))\n"
 )
@@ -84,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     f("--fake-drop-after", type=int, default=_env("DROP_AFTER", int, None))
     f("--fake-error-after", type=int, default=_env("ERROR_AFTER", int, None))
     f("--fake-spawn-child", action="store_true", default=_flag_env("SPAWN_CHILD"))
+    # The spawned child ignores SIGTERM, like an EngineCore busy in a kernel: only SIGKILL ends it.
+    f("--fake-child-ignores-term", action="store_true", default=_flag_env("CHILD_IGNORES_TERM"))
+    # Once serving, write log lines to stdout as fast as the pipe takes them.
+    f("--fake-flood", action="store_true", default=_flag_env("FLOOD"))
     f("--fake-reasoning", action="store_true", default=_flag_env("REASONING"))
     f("--fake-tool-call", action="store_true", default=_flag_env("TOOL_CALL"))
     f("--fake-embedding-dim", type=int, default=_env("EMBEDDING_DIM", int, 8))
@@ -126,6 +132,15 @@ def log(level: str, where: str, msg: str, proc: str = "APIServer", pid: int | No
     print(f"({proc} pid={pid or os.getpid()}) {level} {stamp} [{where}] {msg}", flush=True)
 
 
+def _flood() -> None:
+    line = f"(EngineCore_DP0 pid={os.getpid()}) INFO 01-01 00:00:00 [flood.py:1] {'x' * 60}\n"
+    block = line * 1000
+    with contextlib.suppress(OSError, ValueError):  # the reader went away
+        while True:
+            sys.stdout.write(block)
+            sys.stdout.flush()
+
+
 def _stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -160,7 +175,8 @@ class Server:
         # No start_new_session: like vLLM's EngineCore it stays in the server's process group,
         # so only killing the group reaches it once the server itself is gone.
         self.engine = subprocess.Popen(
-            [sys.executable, "-c", _ENGINE_CODE, str(ENGINE_LIFETIME_S)], stdin=subprocess.DEVNULL
+            [sys.executable, "-c", _ENGINE_CODE, str(ENGINE_LIFETIME_S),
+             "1" if self.opts.fake_child_ignores_term else "0"], stdin=subprocess.DEVNULL
         )
 
     def _reap_engine(self) -> None:
@@ -263,6 +279,8 @@ class Server:
                 _stderr(f"OSError: [Errno {exc.errno}] {exc.strerror}")
                 return 1
             self._log_ready()
+            if self.opts.fake_flood:
+                threading.Thread(target=_flood, daemon=True).start()
             exit_after = self.opts.fake_exit_after
             if exit_after is None:
                 stopped = await self._wait()

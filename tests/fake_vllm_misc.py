@@ -142,10 +142,15 @@ def metrics_text(script: FakeScript, state: FakeState) -> str:
         ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
          0.01 * state.running),
     ]
+    counters = [
+        ("vllm:prompt_tokens_total", "Number of prefill tokens processed.", 0),
+        ("vllm:generation_tokens_total", "Number of generation tokens processed.", state.tokens),
+    ]
     lines = []
-    for name, help_text, value in gauges:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge",
-                  f"{name}{{{labels}}} {float(value)}"]
+    for kind, rows in (("gauge", gauges), ("counter", counters)):
+        for name, help_text, value in rows:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
+                      f"{name}{{{labels}}} {float(value)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -173,6 +178,12 @@ async def wake_up(request: web.Request) -> web.StreamResponse:
 
 async def is_sleeping(request: web.Request) -> web.StreamResponse:
     return json_response({"is_sleeping": request.app[FAKE_SCRIPT].sleeping})
+
+
+async def fake_wedge(request: web.Request) -> web.StreamResponse:
+    """Not vLLM's: wedge the engine core (`?on=0` frees it again), like vllm#36960."""
+    request.app[FAKE_SCRIPT].wedged = request.query.get("on", "1") != "0"
+    return web.Response(status=200)
 
 
 async def fake_info(request: web.Request) -> web.StreamResponse:

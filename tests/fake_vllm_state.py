@@ -46,6 +46,12 @@ class FakeScript:
     dev_mode: bool = False
     sleep_mode: bool = False
     sleeping: bool = False
+    # vllm#36960: the engine core is stuck while the API server answers (/health 200, /metrics
+    # with frozen counters); every generation stops where it is and new ones never start.
+    wedged: bool = False
+    # SSE events sent before one that never ends: `data: xxxx...` without a newline, until
+    # the client leaves (an upstream bug the gateway must bound).
+    endless_line_after: int | None = None
     # How the child was started (argv tail and the environment a placement sets), for tests.
     launch: dict[str, Any] = field(default_factory=dict)
 
@@ -67,6 +73,7 @@ class FakeState:
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
         self.running = 0  # generate requests in flight (the /metrics gauge)
+        self.tokens = 0  # tokens generated (the /metrics counter)
         self.streams_open = 0
         self.streams_started = 0
         self.streams_completed = 0

@@ -79,7 +79,7 @@ class _SseWriter:
 
     def _stalled(self) -> bool:
         stall = self.script.stall_after
-        return stall is not None and self.sent >= stall
+        return self.script.wedged or (stall is not None and self.sent >= stall)
 
     async def send(self, payload: bytes, *, delay: bool = True) -> None:
         script = self.script
@@ -91,6 +91,9 @@ class _SseWriter:
             if self.request.transport is not None:
                 self.request.transport.close()
             raise _Dropped
+        endless = script.endless_line_after
+        if endless is not None and self.sent >= endless:
+            await self._endless_line()
         if self._stalled():
             outcome = await wait_or_gone(self.request, self.state, None, self._stalled)
             if outcome == "gone":
@@ -101,12 +104,23 @@ class _SseWriter:
         if delay and script.token_delay > 0:
             await wait_or_gone(self.request, self.state, script.token_delay)
 
+    async def _endless_line(self) -> None:
+        block = b"x" * 65536
+        try:
+            await self.resp.write(b'data: {"choices": "')
+            for _ in range(4096):  # 256 MiB at most, should the client never give up
+                await self.resp.write(block)
+        except ConnectionError as exc:
+            raise _ClientGone from exc
+        raise _Dropped
+
     async def _write(self, payload: bytes) -> None:
         try:
             await self.resp.write(b"data: " + payload + b"\n\n")
         except ConnectionError as exc:
             raise _ClientGone from exc
         self.sent += 1
+        self.state.tokens += 1
 
     async def send_error(self) -> None:
         """What vLLM sends when the engine dies mid-stream: an error event, then [DONE]."""

@@ -66,6 +66,8 @@ class Config(msgspec.Struct, frozen=True):
     restart_backoff_max: float = 60.0
     restart_stable_after: float = 300.0
     health_poll_interval: float = 1.0
+    engine_hang_timeout: float = 30.0
+    stream_idle_timeout: float = 300.0
     nvml_interval: float = 5.0
     log_level: str = "info"
     log_format: str = "auto"
@@ -169,8 +171,10 @@ SETTINGS: tuple[Setting, ...] = (
             "counts as failed. Large models take minutes.", minimum=1),
     Setting("stop_timeout", "float", "Seconds between SIGTERM and SIGKILL when an engine stops.",
             minimum=0),
-    Setting("restart_max", "int", "Crashes within restart_window after which an engine is given "
-            "up (state failed) instead of restarted.", minimum=1),
+    Setting("restart_max", "int", "Start-up failures (children that never became ready) within "
+            "restart_window after which an engine is given up (state failed); the next request "
+            "tries again after restart_backoff_max. An engine that served is always restarted.",
+            minimum=1),
     Setting("restart_window", "float", "Window in seconds for counting crashes.", minimum=1),
     Setting("restart_backoff_initial", "float", "First restart delay in seconds; doubles per "
             "crash, with jitter.", minimum=0),
@@ -179,6 +183,13 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0),
     Setting("health_poll_interval", "float", "Seconds between readiness probes of a loading "
             "engine.", minimum=0.05),
+    Setting("engine_hang_timeout", "float", "Seconds a ready engine may show no progress (its "
+            "token counters still while requests run, a one-token request unanswered while "
+            "idle) before it counts as hung: its requests end with an error line and it is "
+            "restarted. 0: never.", minimum=0),
+    Setting("stream_idle_timeout", "float", "Seconds a streamed upstream response may send "
+            "nothing before its request ends with an error line; a stream that keeps sending is "
+            "never cut. 0: no limit.", minimum=0),
     Setting("nvml_interval", "float", "Seconds between GPU (NVML) snapshots.", minimum=0.1),
     Setting("log_level", "enum", "Log level.", choices=("debug", "info", "warning", "error")),
     Setting("log_format", "enum", "Log output: auto (journald when started by systemd, else "

@@ -50,6 +50,7 @@ from vllama.gateway.server import setup_runner_and_site
 from vllama.gateway.targets import ROUTER
 from vllama.gpu import GpuMonitor, GpuSnapshot, import_nvml
 from vllama.models import facts
+from vllama.models.pulls import Pulls
 from vllama.models.store import ModelStore
 from vllama.scheduler.capacity import Capacity
 from vllama.scheduler.engines import EnginePost, SupervisedEngines
@@ -61,6 +62,7 @@ from vllama.supervisor import (
     EngineSettings,
     EngineSpec,
     EngineState,
+    HttpLiveness,
     Supervisor,
     check_extra_args,
     hardware_info,
@@ -86,6 +88,7 @@ def engine_settings(cfg: Config) -> EngineSettings:
         startup_timeout=cfg.startup_timeout,
         stop_timeout=cfg.stop_timeout,
         health_poll_interval=cfg.health_poll_interval,
+        hang_timeout=cfg.engine_hang_timeout,
         backoff=BackoffPolicy(initial=cfg.restart_backoff_initial,
                               maximum=cfg.restart_backoff_max,
                               restart_max=cfg.restart_max, window=cfg.restart_window,
@@ -104,7 +107,8 @@ def model_keep_alive(cfg: Config, model: ModelConfig) -> float:
 
 def scheduler_policy(cfg: Config, on_gpu: bool) -> Policy:
     return Policy(keep_alive=cfg.keep_alive, max_queue=cfg.max_queue,
-                  load_timeout=cfg.load_timeout, sleep=on_gpu and cfg.sleep_mode == "auto")
+                  load_timeout=cfg.load_timeout, sleep=on_gpu and cfg.sleep_mode == "auto",
+                  retry_after=cfg.restart_backoff_max)
 
 
 def engine_post(session: aiohttp.ClientSession) -> EnginePost:
@@ -187,6 +191,7 @@ class Daemon:
     lifecycle: LifecycleMetrics = field(default_factory=LifecycleMetrics)
     control: ControlServer | None = None  # with gateway workers: their control sockets
     pool: WorkerPool | None = None
+    pulls: Pulls = field(default_factory=Pulls)  # kept across reloads; cancelled at shut-down
 
     @property
     def where(self) -> str:
@@ -222,6 +227,10 @@ class Daemon:
                 self.notifier.extend_timeout(EXTEND_USEC)
                 self.notifier.status(self.status_line())
                 for status in loading:
+                    if status.state == EngineState.BACKOFF:  # not loading: waiting to restart
+                        logger.info("%s", status.reason,
+                                    extra={"component": "supervisor", "model": status.model})
+                        continue
                     phase = status.phase or str(status.state)
                     logger.info("loading %s: %s (%.0f s)", status.model, phase,
                                 status.load_seconds or 0.0,
@@ -328,7 +337,7 @@ class Daemon:
         old = self.loaded.config
         self.loaded = new
         cfg = new.config
-        store = ModelStore.from_config(cfg, new.runtime)
+        store = ModelStore.from_config(cfg, new.runtime, pulls=self.pulls)
         self.services.config = cfg
         self.services.store = store
         self.supervisor.settings = engine_settings(cfg)
@@ -412,15 +421,17 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
     probe_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3))
     stack.push_async_callback(probe_session.close)
     probe = health_probe(probe_session)
+    liveness = HttpLiveness(probe_session)
     gpu_freed = gpu.memory_freed_for if snapshot.available else None
     cwd = os.getcwd()
 
     def factory(spec: EngineSpec, settings: EngineSettings) -> Engine:
         return Engine(spec, settings, hardware=hw, probe=probe, environ=loaded.environ,
-                      cwd=cwd, gpu_freed=gpu_freed)
+                      cwd=cwd, gpu_freed=gpu_freed, liveness=liveness)
 
     supervisor = Supervisor(factory, engine_settings(cfg))
-    store = ModelStore.from_config(cfg, loaded.runtime)
+    pulls = Pulls()
+    store = ModelStore.from_config(cfg, loaded.runtime, pulls=pulls)
     engines = SupervisedEngines(supervisor, vllm_command=cfg.vllm_argv,
                                 common_args=cfg.vllm_args, engine_key=engine_key,
                                 post=engine_post(probe_session),
@@ -432,10 +443,13 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
                         gpu=gpu, engine_key=engine_key)
     tasks = Tasks()
     daemon = Daemon(loaded, cli, notifier, supervisor, services, None, tasks, started,
-                    reload_wanted, scheduler, engines, planner, hw.on_gpu)
+                    reload_wanted, scheduler, engines, planner, hw.on_gpu, pulls=pulls)
     count = worker_count(cfg.workers, hw.cpus)
     listening = (await _gateway(stack, daemon) if count == 1
                  else await _workers(stack, daemon, count))
+    # Pushed after the gateway: it runs before the gateway closes, so pulls stop at once and
+    # their clients' handlers with them (a hub that never answers must not hold a shut-down).
+    stack.push_async_callback(pulls.close)
     if not listening:
         return None
     supervisor.add_listener(daemon.on_engine_change)

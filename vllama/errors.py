@@ -106,3 +106,10 @@ class EngineDied(UpstreamError):
     """The engine exited while a request was in flight."""
 
     status = 500
+
+
+class UpstreamStalled(EngineDied):
+    """A streamed response sent nothing for stream_idle_timeout: the request is given up as
+    if its engine had died (its connection is dropped, so the engine aborts it)."""
+
+    status = 504

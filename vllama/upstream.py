@@ -19,7 +19,7 @@ import aiohttp
 import msgspec
 from multidict import CIMultiDictProxy
 
-from vllama.errors import EngineDied, UpstreamError
+from vllama.errors import EngineDied, UpstreamError, UpstreamStalled
 from vllama.translate.models import RUNNER_STOPPED
 from vllama.translate.stream import error_from_upstream
 
@@ -65,10 +65,14 @@ def _broke(exc: BaseException) -> EngineDied:
 class UpstreamResponse:
     """A successful (2xx) upstream response, read only through vllama's errors."""
 
-    __slots__ = ("_resp", "finished")
+    __slots__ = ("_idle", "_last", "_resp", "_stalled", "_timer", "finished")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, idle_timeout: float = 0.0) -> None:
         self._resp = resp
+        self._idle = idle_timeout  # longest silence between two reads of chunks(); 0: none
+        self._last = 0.0  # loop time of the last read
+        self._stalled = False
+        self._timer: asyncio.TimerHandle | None = None
         self.finished = False  # the body was read to its end: the connection can be reused
 
     @property
@@ -83,15 +87,45 @@ class UpstreamResponse:
         """The body as it arrives, one network read at a time (several SSE events may share
         one read, and one event may span reads)."""
         read = self._resp.content.readany
-        while True:
-            try:  # inline, not a context manager: this runs for every network read
-                data = await read()
-            except _STREAM_ERRORS as exc:
-                raise _broke(exc) from None
-            if not data:
-                self.finished = True
+        now = asyncio.get_running_loop().time
+        if self._idle > 0:
+            self._watch()
+        try:
+            while True:
+                try:  # inline, not a context manager: this runs for every network read
+                    data = await read()
+                except _STREAM_ERRORS as exc:
+                    if self._stalled:
+                        raise UpstreamStalled(f"the model sent nothing for {self._idle:g} s "
+                                              "(stream_idle_timeout); giving up") from None
+                    raise _broke(exc) from None
+                if not data:
+                    self.finished = True
+                    return
+                self._last = now()
+                yield data
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _watch(self) -> None:
+        """One timer per stream, not one per read (this is the relay's hot loop): it re-arms
+        itself from the last read, and when the stream has been silent for the idle timeout
+        it closes the connection, so the pending read fails and says why. A stream that keeps
+        sending, however slowly, is never cut."""
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+
+        def check() -> None:
+            left = self._last + self._idle - loop.time()
+            if left > 0:
+                self._timer = loop.call_later(left, check)
                 return
-            yield data
+            logger.warning("upstream stream sent nothing for %g s; giving it up", self._idle)
+            self._stalled = True
+            self._resp.close()
+
+        self._timer = loop.call_later(self._idle, check)
 
     async def read(self) -> bytes:
         try:
@@ -126,11 +160,12 @@ class Exchange:
     """One POST to an upstream, as an async context manager (a class, not a generator: it runs
     on every request)."""
 
-    __slots__ = ("_args", "_resp", "_stream")
+    __slots__ = ("_args", "_idle", "_resp", "_stream")
 
     def __init__(self, session: aiohttp.ClientSession, url: str, body: bytes,
-                 headers: Mapping[str, str] | None) -> None:
+                 headers: Mapping[str, str] | None, idle_timeout: float = 0.0) -> None:
         self._args = (session, url, body, headers)
+        self._idle = idle_timeout
         self._resp: aiohttp.ClientResponse | None = None
         self._stream: UpstreamResponse | None = None
 
@@ -144,7 +179,7 @@ class Exchange:
             finally:
                 resp.release()
             raise error_from_upstream(resp.status, data)
-        self._stream = UpstreamResponse(resp)
+        self._stream = UpstreamResponse(resp, self._idle)
         return self._stream
 
     async def __aexit__(self, *exc: object) -> None:
@@ -158,9 +193,10 @@ class Exchange:
 
 
 def post(session: aiohttp.ClientSession, url: str, body: bytes,
-         headers: Mapping[str, str] | None = None) -> Exchange:
+         headers: Mapping[str, str] | None = None, *, idle_timeout: float = 0.0) -> Exchange:
     """POST `body`; `async with` it to get the response once its status is known. A connection
     failure is UpstreamError (502); an error status is UpstreamError with the upstream's status
-    and text. Leaving the block releases the connection (body read to its end) or drops it
-    (anything else: the client left, or an error), so vLLM aborts the sequence."""
-    return Exchange(session, url, body, headers)
+    and text; a body that sends nothing for `idle_timeout` seconds between reads of chunks()
+    is UpstreamStalled. Leaving the block releases the connection (body read to its end) or
+    drops it (anything else: the client left, or an error), so vLLM aborts the sequence."""
+    return Exchange(session, url, body, headers, idle_timeout)

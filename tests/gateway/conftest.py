@@ -47,13 +47,14 @@ MakeBed = Callable[..., Awaitable[Bed]]
 
 @pytest.fixture
 def make_bed(aiohttp_client: Any, aiohttp_server: Any) -> MakeBed:
-    async def build(script: FakeScript | None = None, **model: Any) -> Bed:
+    async def build(script: FakeScript | None = None, config: dict[str, Any] | None = None,
+                    **model: Any) -> Bed:
         script = script or FakeScript(served_names=["fake"])
         upstream_app = make_app(script)
         upstream = await aiohttp_server(upstream_app)
         spec = {"name": "fake", "upstream": str(upstream.make_url("/v1")), **model}
         extra_models = spec.pop("extra_models", ())
-        cfg = Config(models=(ModelConfig(**spec), *extra_models))
+        cfg = Config(models=(ModelConfig(**spec), *extra_models), **(config or {}))
         gateway = make_gateway(Services.for_config(cfg))
         client = await aiohttp_client(gateway, server_kwargs={"handler_cancellation": True})
         return Bed(client, script, upstream_app[FAKE_STATE], upstream)

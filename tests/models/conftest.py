@@ -65,6 +65,7 @@ async def hub(tiny_dir: Path) -> AsyncIterator[Hub]:
     try:
         yield Hub(str(server.make_url("")).rstrip("/"), app)
     finally:
+        app[fh.HUB_SCRIPT].hang = False  # held requests end: the server closes at once
         await server.close()
 
 

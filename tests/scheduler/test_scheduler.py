@@ -9,11 +9,13 @@ import asyncio
 import math
 
 import aiohttp
+import msgspec
 import pytest
 
 from tests.scheduler.conftest import WAIT, MakeBed, MiB
 from vllama.errors import ServerBusy, Unavailable
 from vllama.scheduler.state import SlotState
+from vllama.supervisor import BackoffPolicy, EngineState
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -228,3 +230,52 @@ async def test_a_crashed_engine_is_waited_for_not_failed(make_bed: MakeBed) -> N
             await asyncio.sleep(0.05)
         async with bed.scheduler.lease(bed.model("a")) as lease:  # waits for the restart
             assert await _models(lease.base_url) == ["a"]
+
+
+async def test_a_model_whose_engine_gave_up_cools_down_then_loads_again(
+        make_bed: MakeBed) -> None:
+    bed = await make_bed("a", model_args={"a": ("--fake-fail-at-start", "config")},
+                         retry_after=1.5)
+    async with asyncio.timeout(WAIT):
+        with pytest.raises(Unavailable) as first:
+            await bed.scheduler.acquire(bed.model("a"))
+        # At once, without starting an engine: the same load would fail the same way.
+        with pytest.raises(Unavailable) as cooling:
+            await bed.scheduler.acquire(bed.model("a"))
+    assert cooling.value.message.startswith(first.value.message)
+    assert "tries to load it again in" in cooling.value.message
+    assert int(cooling.value.headers["Retry-After"]) >= 1
+    assert [e[0] for e in bed.events].count("load") == 1 and bed.supervisor.get("a") is None
+    await asyncio.sleep(1.5)  # the cool-down is over: the next request loads it again
+    async with asyncio.timeout(WAIT):
+        with pytest.raises(Unavailable) as again:
+            await bed.scheduler.acquire(bed.model("a"))
+    assert again.value.message == first.value.message
+    assert [e[0] for e in bed.events].count("load") == 2
+
+
+async def test_a_changed_model_is_not_held_by_the_cool_down(make_bed: MakeBed) -> None:
+    bed = await make_bed("a", model_args={"a": ("--fake-fail-at-start", "config")},
+                         retry_after=600.0)
+    async with asyncio.timeout(WAIT):
+        with pytest.raises(Unavailable):
+            await bed.scheduler.acquire(bed.model("a"))
+        fixed = msgspec.structs.replace(bed.model("a"), vllm_args=())  # a reload fixed it
+        async with bed.scheduler.lease(fixed) as lease:
+            assert await _models(lease.base_url) == ["a"]
+
+
+async def test_status_says_backing_off_not_loading(make_bed: MakeBed) -> None:
+    bed = await make_bed("a", model_args={"a": ("--fake-exit-after", "0.5")})
+    slow = BackoffPolicy(initial=30.0, maximum=30.0, jitter=0.0)
+    bed.supervisor.settings = msgspec.structs.replace(bed.supervisor.settings, backoff=slow)
+    async with asyncio.timeout(WAIT):
+        async with bed.scheduler.lease(bed.model("a")):
+            pass
+        engine = bed.supervisor.get("a")
+        assert engine is not None
+        while engine.state is not EngineState.BACKOFF:  # noqa: ASYNC110 - exits after 0.5 s
+            await asyncio.sleep(0.05)
+    text = bed.scheduler.status_text()  # the model is not pinned: only STATUS= tells
+    assert text.startswith("model 'a' crashed (exit 0); backing off, restart in ")
+    assert "loading" not in text and "ready" not in text

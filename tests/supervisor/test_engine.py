@@ -235,7 +235,8 @@ async def test_crash_at_runtime_restarts_and_rc0_is_a_crash(make: Make) -> None:
     engine.start()
     assert await settled_ready(engine)
     first_pid = engine.status().pid
-    await until(lambda: engine.state is not EngineState.READY, within=WAIT)
+    # The state leaves READY the moment the leader exits; the exit is recorded once reaped.
+    await until(lambda: engine.last_exit is not None, within=WAIT)
     info = engine.last_exit
     assert (
         info is not None and info.code == 0 and info.cls is ExitClass.CRASH
@@ -259,7 +260,8 @@ async def test_unavailable_reason_during_backoff(make: Make) -> None:
     engine.start()
     await until(lambda: engine.state is EngineState.BACKOFF)
     reason = engine.unavailable_reason()
-    assert reason.startswith("model 'fake' is restarting after a crash (exit 1), retry in ")
+    assert reason.startswith("model 'fake' crashed (exit 1); backing off, restart in ")
+    assert "loading" not in reason
     await engine.stop()  # a stop interrupts the backoff at once
     assert engine.state is EngineState.STOPPED
 
@@ -286,7 +288,7 @@ async def test_sigkill_of_the_leader_kills_its_orphans(make: Make) -> None:
     await until(lambda: len(group_members(pgid)) >= 2)
     orphans = set(group_members(pgid)) - {pgid}
     os.kill(pgid, signal.SIGKILL)  # like vLLM's API server dying: EngineCore stays behind
-    await until(lambda: engine.state is not EngineState.READY, within=WAIT)
+    await until(lambda: engine.last_exit is not None, within=WAIT)
     info = engine.last_exit
     assert info is not None and info.code == -signal.SIGKILL and info.cls is ExitClass.CRASH
     assert await all_gone(orphans)

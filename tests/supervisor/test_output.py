@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from vllama.supervisor.output import LineReader, phase_of
+from vllama.supervisor.output import LineBudget, LineReader, is_access_line, phase_of
 
 
 def test_levels_tags_and_tracebacks() -> None:
@@ -67,3 +67,32 @@ def test_levels_tags_and_tracebacks() -> None:
 )
 def test_phase_of(line: str, phase: str | None) -> None:
     assert phase_of(line) == phase
+
+
+def test_uvicorn_access_lines_are_debug() -> None:
+    # The gateway logs every request itself; the engine's copy (and the supervisor's own
+    # probes of /health and /metrics) would only fill the journal.
+    line = 'INFO:     127.0.0.1:51234 - "GET /metrics HTTP/1.1" 200 OK'
+    assert LineReader().parse(line).level == logging.DEBUG
+    assert is_access_line(line.encode())
+    for other in ("INFO:     Started server process [42]",
+                  "INFO:     Application startup complete.",
+                  "(APIServer pid=1) INFO 11-22 10:00:00 [x.py:1] GET /metrics"):
+        assert LineReader().parse(other).level == logging.INFO
+        assert not is_access_line(other.encode())
+
+
+def test_line_budget_grants_a_burst_then_the_rate_and_counts_the_rest() -> None:
+    now = [0.0]
+    budget = LineBudget(lambda: now[0], rate=10.0, burst=100)
+    assert budget.grant(80) == 80
+    assert budget.grant(50) == 20  # the burst is spent: 30 dropped
+    assert budget.due_report() == 0  # not yet: one report per REPORT_EVERY
+    now[0] = 1.0
+    assert budget.grant(50) == 10  # refilled at the rate: 40 more dropped
+    now[0] = 1.0 + LineBudget.REPORT_EVERY
+    assert budget.due_report() == 70 and budget.due_report() == 0
+    assert budget.dropped_total == 70
+    now[0] = 100.0
+    assert budget.grant(500) == 100  # refills up to the burst, no further
+    assert budget.due_report(final=True) == 400

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -97,8 +98,11 @@ async def push(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     req = decode_delete(await request.read())
     name = _named(req.model, "delete")
+    scheduler = request.app[SERVICES].scheduler
+    # What engines load or serve now: their weights are not deleted under them.
+    running = [s.source for s in scheduler.snapshot()] if scheduler is not None else []
     try:
-        await asyncio.to_thread(_store(request).rm, name)
+        await asyncio.to_thread(functools.partial(_store(request).rm, name, running=running))
     except InvalidName:
         raise invalid_name("delete", name) from None
     except NotFound:

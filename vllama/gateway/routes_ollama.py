@@ -144,7 +144,9 @@ async def _run_stream(request: web.Request, target: Target, url: str, body: dict
     out: web.StreamResponse | None = None
     pending: list[bytes] = []
     try:
-        async with post(target.session, url, _encode(body), headers) as upstream:
+        async with post(target.session, url, _encode(body), headers,
+                        idle_timeout=request.app[SERVICES].config.stream_idle_timeout
+                        ) as upstream:
             acc.upstream_sent()
             decoder = SSEDecoder()
             # One read may carry several SSE events: translate them all, then write the lines

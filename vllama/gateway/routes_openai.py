@@ -55,7 +55,9 @@ async def relay(request: web.Request) -> web.StreamResponse:
     target, body = await _target(request, body)
     headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
     async with (leased(request, target) as base,
-                post(target.session, api_url(base, request.path), body, headers) as upstream):
+                post(target.session, api_url(base, request.path), body, headers,
+                     idle_timeout=request.app[SERVICES].config.stream_idle_timeout
+                     ) as upstream):
         out = web.StreamResponse(status=upstream.status)
         for key, value in upstream.headers.items():
             if key.lower() not in _DROP:

@@ -4,7 +4,7 @@ few members and nothing else (and tests can hand it small real objects)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
 from typing import Any, Protocol
 
 from vllama.config import ModelConfig
@@ -87,7 +87,7 @@ class StoreView(Protocol):
     def show(self, name: str, *, allow_paths: bool = False, system: str = "",
              options: Mapping[str, Any] | None = None) -> ShowResponse: ...
 
-    def rm(self, name: str) -> int: ...
+    def rm(self, name: str, *, running: Collection[str] = ()) -> int: ...
 
     def cp(self, source: str, destination: str) -> None: ...
 

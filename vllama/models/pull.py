@@ -13,6 +13,10 @@ is the file.)
 
 Nothing half-pulled lists: a `.pulling` marker is written before the first byte and replaced by
 a `.complete` marker only after every file is in place and verified (cache.py).
+
+Every hub call has a timeout (huggingface_hub's HF_HUB_ETAG_TIMEOUT for the metadata, its
+HF_HUB_DOWNLOAD_TIMEOUT between bytes of a file); every blocking call runs on the pulls' own
+threads (pulls.py), which also make concurrent pulls of one repo one download.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import functools
 import hashlib
 import threading
 import time
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,12 +204,13 @@ def _verify(snap: Path, files: list[_File]) -> None:
                               f"got {got}")
 
 
-def _finish(snap: Snapshot, files: list[_File], name: str) -> None:
+def _finish(snap: Snapshot, files: list[_File], pulled_as: list[str]) -> None:
     """Point refs/main at the commit and replace the `.pulling` marker by `.complete`."""
     cache.write_atomic(snap.repo_dir / "refs" / "main", snap.commit.encode())
     old = _read_marker(snap.complete_marker)
-    names = [n for n in old.get("names", []) if isinstance(n, str) and n.lower() != name.lower()]
-    marker = {"repo": snap.repo_id, "commit": snap.commit, "names": [*names, name],
+    lowered = {n.lower() for n in pulled_as}
+    names = [n for n in old.get("names", []) if isinstance(n, str) and n.lower() not in lowered]
+    marker = {"repo": snap.repo_id, "commit": snap.commit, "names": [*names, *pulled_as],
               "files": [f.path for f in files], "completed_at": time.time()}
     cache.write_atomic(snap.complete_marker, msgspec.json.encode(marker))
     snap.pulling_marker.unlink(missing_ok=True)
@@ -250,19 +255,34 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[dict[str, Any], N
         return
     if resolved is None:
         raise NotFound(NOT_FOUND, status=500)
-    cache_dir = store.cache
     if resolved.is_path:
         if store.find(name, allow_paths=True) is None:
             raise NotFound(NOT_FOUND, status=500)
         yield {"status": "success"}
         return
     repo = resolved.source
-    from huggingface_hub import HfApi
+    key = str(store.cache / cache.repo_folder(repo.lower()))  # no cache: BadRequest, here
 
+    def job(names: Callable[[], list[str]]) -> AsyncGenerator[dict[str, Any], None]:
+        return _pull_repo(store, repo, names)
+
+    # One download per repo: a client pulling it while it downloads follows that pull.
+    async with contextlib.aclosing(store.pulls.follow(key, resolved.name, job)) as followed:
+        async for progress in followed:
+            yield progress
+
+
+async def _pull_repo(store: ModelStore, repo: str, names: Callable[[], list[str]]
+                     ) -> AsyncGenerator[dict[str, Any], None]:
+    """Download `repo` into the cache; `names`: what its clients asked for (listed names)."""
+    from huggingface_hub import HfApi, constants
+
+    run = store.pulls.pool.run
+    timeout = store.hub_timeout or float(constants.HF_HUB_ETAG_TIMEOUT)
     api = HfApi(endpoint=store.endpoint, token=store.token)
     try:
-        info = await asyncio.to_thread(api.model_info, repo, revision="main",
-                                       files_metadata=True)
+        info = await run(functools.partial(api.model_info, repo, revision="main",
+                                           files_metadata=True, timeout=timeout))
     except Exception as exc:
         raise _map_error(exc, repo, store.endpoint) from exc
     if not info.sha:
@@ -279,23 +299,23 @@ async def pull(store: ModelStore, name: str) -> AsyncGenerator[dict[str, Any], N
         files.append(_File(path=n, total=sibling.size or 0, lfs_sha256=lfs_sha,
                            blob_id=sibling.blob_id,
                            digest=_digest_of(n, lfs_sha, sibling.blob_id, repo)))
-    repo_dir = cache_dir / cache.repo_folder(repo)
+    repo_dir = store.cache / cache.repo_folder(repo)
     snap = Snapshot(repo, info.sha, repo_dir / "snapshots" / info.sha, repo_dir)
-    await asyncio.to_thread(_start, snap)
+    await run(functools.partial(_start, snap))
     # aclosing: if our consumer goes away, the downloads stop now, not whenever the garbage
     # collector finalizes the inner generator.
-    async with contextlib.aclosing(_download_all(store, repo, snap, files)) as downloads:
+    async with contextlib.aclosing(_download_all(store, repo, snap, files, timeout)) as downloads:
         async for progress in downloads:
             yield progress
     yield {"status": "verifying sha256 digest"}
-    await asyncio.to_thread(_verify, snap.path, files)
+    await run(functools.partial(_verify, snap.path, files))
     yield {"status": "writing manifest"}
-    await asyncio.to_thread(_finish, snap, files, resolved.name)
+    await run(functools.partial(_finish, snap, files, names()))
     yield {"status": "success"}
 
 
-async def _download_all(store: ModelStore, repo: str, snap: Snapshot,
-                        files: list[_File]) -> AsyncGenerator[dict[str, Any], None]:
+async def _download_all(store: ModelStore, repo: str, snap: Snapshot, files: list[_File],
+                        timeout: float) -> AsyncGenerator[dict[str, Any], None]:
     from huggingface_hub import hf_hub_download
 
     cancel = threading.Event()
@@ -312,9 +332,10 @@ async def _download_all(store: ModelStore, repo: str, snap: Snapshot,
                 # tqdm, so a factory of _Sink works as the progress hook.
                 hf_hub_download(repo, file.path, revision=snap.commit,
                                 cache_dir=str(store.cache), token=store.token,
-                                endpoint=store.endpoint, tqdm_class=sink)
+                                endpoint=store.endpoint, tqdm_class=sink,
+                                etag_timeout=timeout)
 
-            await asyncio.to_thread(download)
+            await store.pulls.pool.run(download)
             file.completed = file.total = max(file.total, (snap.path / file.path).stat().st_size)
 
     # The index first: it says which shards to fetch.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from vllama.models.names import (
     resolve_served,
     validate,
 )
+from vllama.models.pulls import Pulls
 from vllama.models.state import AliasStore, UserAlias
 from vllama.translate.request import ModelCaps
 from vllama.wire.ollama import ListModel, ModelDetails, ShowResponse
@@ -96,11 +97,15 @@ class ModelStore:
     def __init__(self, cache_dir: Path | None, state_dir: Path | None, *,
                  models: Sequence[ModelConfig] = (), common_args: Sequence[str] = (),
                  token: str | None = None, endpoint: str | None = None,
-                 config_aliases: Mapping[str, str] | None = None, max_workers: int = 4) -> None:
+                 config_aliases: Mapping[str, str] | None = None, max_workers: int = 4,
+                 pulls: Pulls | None = None, hub_timeout: float | None = None) -> None:
         """cache_dir: the hub cache (`hub_cache_dir(config.models_dir)`), None for none;
         state_dir: vllama's state dir (aliases.json), None for none; models: the configured
         models; common_args: the config's global vllm_args; token/endpoint: HF_TOKEN /
-        HF_ENDPOINT as config read them (None: huggingface_hub's own defaults)."""
+        HF_ENDPOINT as config read them (None: huggingface_hub's own defaults); pulls: the
+        pulls in progress (a store made anew on a reload takes over the old one's);
+        hub_timeout: seconds a hub metadata call may take (None: huggingface_hub's
+        HF_HUB_ETAG_TIMEOUT)."""
         self.cache_dir = cache_dir
         self.state_dir = state_dir
         self.served = ServedIndex(models)
@@ -109,13 +114,16 @@ class ModelStore:
         self.endpoint = endpoint.rstrip("/") if endpoint else None
         self.config_aliases = dict(config_aliases or {})
         self.max_workers = max_workers
+        self.pulls = pulls or Pulls()
+        self.hub_timeout = hub_timeout
         self.user_aliases = AliasStore(state_dir) if state_dir is not None else None
         self.started = time.time()
         # (path, digest) -> facts: reading safetensors headers on every /api/tags is wasteful.
         self._files: dict[tuple[Path, str], ModelFiles] = {}
 
     @classmethod
-    def from_config(cls, config: Config, runtime: Runtime | None = None) -> ModelStore:
+    def from_config(cls, config: Config, runtime: Runtime | None = None,
+                    pulls: Pulls | None = None) -> ModelStore:
         """The store over a Config's models, cache and state dirs (the daemon's and the
         CLI's); an empty models_dir or state_dir means none (Config() in tests)."""
         return cls(hub_cache_dir(config.models_dir) if config.models_dir else None,
@@ -123,7 +131,7 @@ class ModelStore:
                    models=config.models, common_args=config.vllm_args,
                    token=(runtime.hf_token or None) if runtime else None,
                    endpoint=(runtime.hf_endpoint or None) if runtime else None,
-                   config_aliases=dict(config.aliases))
+                   config_aliases=dict(config.aliases), pulls=pulls)
 
     @property
     def cache(self) -> Path:
@@ -333,9 +341,10 @@ class ModelStore:
             raise BadRequest(NO_STORE)
         return self.user_aliases
 
-    def rm(self, name: str) -> int:
+    def rm(self, name: str, *, running: Collection[str] = ()) -> int:
         """Remove `name`: only the alias if it is one of vllama's aliases, else the repo's
-        whole cache folder. Returns the bytes freed."""
+        whole cache folder. Returns the bytes freed. `running`: the sources (repo ids) that
+        engines serve now: their weights are not deleted under them."""
         validate(name)
         if self.user_aliases is not None and self.user_aliases.remove(name):
             return 0
@@ -353,7 +362,16 @@ class ModelStore:
                              "it")
         if self.cache_dir is None:
             raise NotFound(f"model '{name}' not found")
+        if resolved.source.lower() in {r.lower() for r in running}:
+            shown = display_name(name)
+            raise BadRequest(f"model '{shown}' is running: stop it first (vllama stop "
+                             f"{shown}), then delete it")
         repo_dir = self.cache_dir / cache.repo_folder(resolved.source)
+        if repo_dir.is_symlink():
+            # rmtree refuses a link (and must never delete what it points to).
+            raise BadRequest(f"model '{name}' is a symbolic link in the model cache "
+                             f"({repo_dir}); vllama deletes only what it downloaded: remove "
+                             "the link yourself")
         if not repo_dir.is_dir():
             raise NotFound(f"model '{name}' not found")
         freed = _tree_size(repo_dir)

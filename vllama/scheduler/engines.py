@@ -79,10 +79,23 @@ class SupervisedEngines:
         return self.supervisor.get(key)
 
     async def sleep(self, key: str) -> bool:
-        return await self._call(key, "/sleep?level=1")
+        # A sleeping engine answers no request: its hang watch must not take that for a wedge.
+        self._pause(key, True)
+        ok = await self._call(key, "/sleep?level=1")
+        if not ok:
+            self._pause(key, False)
+        return ok
 
     async def wake(self, key: str) -> bool:
-        return await self._call(key, "/wake_up")
+        try:
+            return await self._call(key, "/wake_up")
+        finally:
+            self._pause(key, False)
+
+    def _pause(self, key: str, paused: bool) -> None:
+        engine = self.supervisor.get(key)
+        if engine is not None:
+            engine.pause_watch(paused)
 
     async def _call(self, key: str, path: str) -> bool:
         engine = self.supervisor.get(key)

@@ -106,6 +106,9 @@ class Policy:
     max_queue: int = 512
     load_timeout: float = 300.0  # waiting for memory to free up
     sleep: bool = False  # park with sleep mode where the engine supports it
+    # After an engine gave up (it never became ready), requests for that model fail at once
+    # with the reason for this long; the first one after it loads it again.
+    retry_after: float = 60.0
 
 
 Listener = Callable[[SchedulerEvent], None]
@@ -136,6 +139,8 @@ class Scheduler:
         self._closed = False
         self._preloaded: set[str] = set()  # models that must serve for the daemon to be ready
         self._failed: dict[str, str] = {}  # preloaded models whose load failed: why
+        # Models whose engine gave up: (retry no sooner than, why, the model as configured).
+        self._cooling: dict[str, tuple[float, str, ModelConfig]] = {}
 
     # ---- observation --------------------------------------------------------------
 
@@ -229,6 +234,7 @@ class Scheduler:
         while True:
             slot = self._slots.get(model.name)
             if slot is None:
+                self._check_cooling(model)
                 slot = self._begin_load(model, keep_alive, "requested")
             elif slot.state is SlotState.SLEEPING:
                 self._begin_wake(slot)
@@ -248,6 +254,25 @@ class Scheduler:
                                       f"model '{slot.key}' failed to restart")
                 continue
             await asyncio.shield(slot.ready)  # raises the load's failure for every waiter
+
+    def _check_cooling(self, model: ModelConfig) -> None:
+        """Fail at once while a model whose engine gave up cools down (a load that failed the
+        same way moments ago would fail again, and hold its waiters tens of seconds); a
+        changed configuration of it is tried at once."""
+        cooling = self._cooling.get(model.name)
+        if cooling is None:
+            return
+        until, why, configured = cooling
+        wait = until - self._clock()
+        if configured != model or wait <= 0:
+            del self._cooling[model.name]
+            return
+        exc = Unavailable(f"{why}; vllama tries to load it again in {wait:.0f} s")
+        exc.headers = {"Retry-After": str(int(wait) + 1)}
+        raise exc
+
+    def _cool(self, model: ModelConfig, why: str) -> None:
+        self._cooling[model.name] = (self._clock() + self.policy.retry_after, why, model)
 
     # ---- keep_alive -----------------------------------------------------------------
 
@@ -294,8 +319,9 @@ class Scheduler:
                 engine = self._engines.launch(slot.model, placement, sleepable)
                 ok = await engine.wait_ready()
             if not ok:
-                raise Unavailable(engine.unavailable_reason() or
-                                  f"model '{slot.key}' failed to load")
+                why = engine.unavailable_reason() or f"model '{slot.key}' failed to load"
+                self._cool(slot.model, why)
+                raise Unavailable(why)
         except asyncio.CancelledError:
             self._fail(slot, Unavailable(f"model '{slot.key}': vllama is shutting down"))
             raise
@@ -525,6 +551,7 @@ class Scheduler:
         for model in models:
             self._preloaded.add(model.name)
             self._failed.pop(model.name, None)
+            self._cooling.pop(model.name, None)  # asked for explicitly: try at once
             slot = self._slots.get(model.name)
             if slot is None:
                 slot = self._begin_load(model, keep_alive(model), "preload")
@@ -569,6 +596,12 @@ class Scheduler:
         for slot in self._slots.values():
             if slot.state is SlotState.LOADING and slot.key not in self._preloaded:
                 parts.append(self._loading_text(slot))
+            elif slot.state is SlotState.LOADED:
+                # Restarting after a crash (or backing off before it), pinned or not.
+                engine = self._engines.get(slot.key)
+                reason = engine.unavailable_reason() if engine is not None else ""
+                if reason and reason not in parts:
+                    parts.append(reason)
         if parts:
             return "; ".join(parts)
         loaded = [s.key for s in self._slots.values() if s.state is SlotState.LOADED]
@@ -589,6 +622,7 @@ class Scheduler:
             reason = engine.unavailable_reason() or "the engine failed"
             if key in self._preloaded:
                 self._failed[key] = reason
+            self._cool(slot.model, reason)
             self._start(self._unload(slot, reason))
         elif slot.state is SlotState.SLEEPING and str(state) == "starting":
             self._start(self._unload(slot, "the sleeping engine restarted"))

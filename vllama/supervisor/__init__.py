@@ -3,9 +3,9 @@
 from vllama.supervisor.argv import HardwareInfo, build_argv, build_env, check_extra_args
 from vllama.supervisor.backoff import Backoff, BackoffPolicy
 from vllama.supervisor.classify import Classification, ExitClass, classify_exit
-from vllama.supervisor.engine import Engine, GpuFreed, Listener, Probe
+from vllama.supervisor.engine import Engine, GpuFreed, Listener, Liveness, PortPicker, Probe
 from vllama.supervisor.hardware import hardware_info, read_mem_available
-from vllama.supervisor.probe import health_probe
+from vllama.supervisor.probe import HttpLiveness, health_probe
 from vllama.supervisor.state import (
     EngineSettings,
     EngineSpec,
@@ -29,7 +29,10 @@ __all__ = [
     "ExitInfo",
     "GpuFreed",
     "HardwareInfo",
+    "HttpLiveness",
     "Listener",
+    "Liveness",
+    "PortPicker",
     "Probe",
     "Supervisor",
     "build_argv",

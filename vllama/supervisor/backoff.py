@@ -1,8 +1,10 @@
 """Restart policy for one engine (pure: times and randomness are passed in).
 
 Exponential delay with a cap and jitter, so engines that crashed together do not restart in
-lockstep; the exponent resets once a child has run stably; too many failures inside a window
-means a crash loop, and we give up instead of burning GPU time on it.
+lockstep; the exponent resets once a child has run stably. An engine that has served is always
+restarted (a runtime crash or a wedge is transient, and giving up would take a healthy model
+away for good). Only a start-up loop gives up: too many children inside a window that never
+became ready would fail the same way again, burning GPU time.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import msgspec
 class BackoffPolicy(msgspec.Struct, frozen=True):
     initial: float = 1.0
     maximum: float = 60.0
-    restart_max: int = 5  # restarts allowed within `window`; the next failure gives up
+    restart_max: int = 5  # start-up failures allowed within `window`; the next one gives up
     window: float = 600.0
     stable_after: float = 300.0  # uptime after which a child counts as healthy again
     jitter: float = 0.2  # +-20 % of the delay
@@ -27,7 +29,7 @@ class Backoff:
     def __init__(self, policy: BackoffPolicy, rand: Callable[[], float]) -> None:
         self.policy = policy
         self._rand = rand
-        self._failures: list[float] = []  # times of failures still inside the window
+        self._failures: list[float] = []  # start-up failures still inside the window
         self._streak = 0  # consecutive failures since the last stable run: the exponent
 
     @property
@@ -41,16 +43,20 @@ class Backoff:
         jittered = base * (1.0 + p.jitter * (2.0 * self._rand() - 1.0))
         return max(0.0, min(p.maximum, jittered))
 
-    def record_failure(self, now: float, uptime: float) -> float | None:
-        """Note a failure at `now` after the child ran `uptime` s; the delay before the
-        restart, or None when the engine should give up."""
+    def record_failure(self, now: float, uptime: float | None) -> float | None:
+        """Note a failure at `now` of a child that served for `uptime` s (None: it never
+        became ready); the delay before the restart, or None when the engine should give
+        up, which only a start-up loop does."""
         p = self.policy
-        if uptime >= p.stable_after:
-            self._streak = 0
-        self._failures = [t for t in self._failures if now - t < p.window]
-        self._failures.append(now)
-        if len(self._failures) > p.restart_max:
-            return None
+        if uptime is not None:
+            self._failures.clear()  # it served: the start-up loop, if any, is over
+            if uptime >= p.stable_after:
+                self._streak = 0
+        else:
+            self._failures = [t for t in self._failures if now - t < p.window]
+            self._failures.append(now)
+            if len(self._failures) > p.restart_max:
+                return None
         self._streak += 1
         return self.delay_for(self._streak)
 

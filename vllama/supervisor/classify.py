@@ -19,6 +19,7 @@ class ExitClass(enum.StrEnum):
     CAPACITY = "capacity"  # does not fit in (GPU) memory: smaller context or more memory
     CRASH = "crash"  # anything else: restart with backoff
     TIMEOUT = "timeout"  # never became ready within startup_timeout (decided by the engine)
+    HUNG = "hung"  # ready, then no sign of progress for hang_timeout: killed and restarted
 
 
 class Classification(msgspec.Struct, frozen=True):
@@ -123,3 +124,20 @@ def classify_exit(
 
 def timeout_classification(startup_timeout: float) -> Classification:
     return Classification(ExitClass.TIMEOUT, f"{_TIMEOUT_HINT} ({startup_timeout:g} s)")
+
+
+def hung_classification(hang_timeout: float) -> Classification:
+    return Classification(
+        ExitClass.HUNG,
+        f"the engine made no progress for {hang_timeout:g} s (no token counted while requests "
+        "ran, or a one-token request did not complete): killed and restarted; see the last log "
+        "lines for where it hung",
+    )
+
+
+def port_taken_classification(port: int) -> Classification:
+    return Classification(
+        ExitClass.CRASH,
+        f"another process listens on the engine's port {port} besides the engine: it was "
+        "stopped and is restarted on a new port",
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 import msgspec
 
@@ -22,6 +23,16 @@ _LEVELS = {
     "ERROR": logging.ERROR,
     "CRITICAL": logging.CRITICAL,
 }
+# uvicorn's access line (`INFO:     127.0.0.1:5 - "GET /metrics HTTP/1.1" 200 OK`): the gateway
+# logs every request itself, and the supervisor's own probes would fill the log, so DEBUG.
+_ACCESS = re.compile(r'^INFO:\s+\S+ - "[A-Z]+ \S+ HTTP/[\d.]+" \d{3}')
+_ACCESS_RAW = re.compile(_ACCESS.pattern.encode())
+
+
+def is_access_line(raw: bytes) -> bool:
+    """uvicorn's access line, before decoding: the relay skips these cheaply when DEBUG is off
+    (they would not be logged, and must not use up the line budget of lines that would)."""
+    return _ACCESS_RAW.match(raw) is not None
 # An unprefixed line that is clearly an error: a raised exception's last line or argparse.
 _ERRORISH = re.compile(r"^(?:[\w.]+(?:Error|Exception|Interrupt)\b|\w+: error: )")
 
@@ -76,8 +87,51 @@ class LineReader:
         if m is not None:
             self._in_traceback = False
             return ParsedLine(text, _LEVELS[m["level"]], process)
+        if _ACCESS.match(body):
+            return ParsedLine(text, logging.DEBUG, process)
         if body.lstrip().startswith("Traceback (most recent call last)"):
             self._in_traceback = True
         if self._in_traceback or _ERRORISH.match(body.strip()):
             return ParsedLine(text, logging.ERROR, process)
         return ParsedLine(text, logging.INFO, process)
+
+
+class LineBudget:
+    """How many lines of one child's output may be logged: a token bucket (RATE lines a
+    second, bursts up to BURST: a start-up prints a few hundred at once), shared by its two
+    pipes. Lines over it are dropped and counted, and the count is reported now and then."""
+
+    RATE = 200.0
+    BURST = 2000
+    REPORT_EVERY = 10.0
+
+    def __init__(self, clock: Callable[[], float], rate: float = RATE, burst: int = BURST
+                 ) -> None:
+        self._clock = clock
+        self._rate = rate
+        self._burst = burst
+        self._tokens = float(burst)
+        self._last = clock()
+        self._reported_at = self._last
+        self._unreported = 0
+        self.dropped_total = 0
+
+    def grant(self, wanted: int) -> int:
+        """How many of `wanted` lines may be logged now; the rest count as dropped."""
+        now = self._clock()
+        self._tokens = min(float(self._burst), self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        allowed = min(wanted, int(self._tokens))
+        self._tokens -= allowed
+        self._unreported += wanted - allowed
+        self.dropped_total += wanted - allowed
+        return allowed
+
+    def due_report(self, *, final: bool = False) -> int:
+        """Lines dropped since the last report, once REPORT_EVERY has passed (or at the end);
+        0 when there is nothing to say yet."""
+        now = self._clock()
+        if not self._unreported or (not final and now - self._reported_at < self.REPORT_EVERY):
+            return 0
+        count, self._unreported, self._reported_at = self._unreported, 0, now
+        return count

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import ipaddress
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Literal
 
 _PR_SET_PDEATHSIG = 1
 
@@ -158,7 +160,90 @@ async def kill_group(pgid: int, grace: float, kill_wait: float = 5.0) -> list[in
     return left
 
 
+async def kill_group_hard(pgid: int, kill_wait: float = 5.0) -> list[int]:
+    """SIGKILL the group at once and wait until it is gone: for a group whose leader crashed
+    or that is wedged, there is nothing to drain (and a stopped process ignores SIGTERM)."""
+    if not group_members(pgid):
+        return []
+    signal_group(pgid, signal.SIGKILL)
+    return await wait_group_gone(pgid, kill_wait)
+
+
 def kill_group_now(pgid: int) -> None:
     """Last resort when there is no time to wait (cancelled while shutting down)."""
     with contextlib.suppress(OSError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+# ---- who listens on a port --------------------------------------------------------------
+
+_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
+# Local addresses a connection to 127.0.0.1:port can reach: the address itself, the IPv4
+# wildcard, and IPv6 sockets that are dual-stack (the wildcard) or IPv4-mapped.
+_REACHES_LOOPBACK = frozenset({
+    ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("0.0.0.0"),
+    ipaddress.ip_address("::"), ipaddress.ip_address("::ffff:127.0.0.1"),
+})
+
+PortOwner = Literal["none", "group", "foreign"]
+
+
+def _proc_net_address(hexaddr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """/proc/net/tcp(6) prints each 32-bit word of the address in host (little-endian) order."""
+    raw = bytes.fromhex(hexaddr)
+    swapped = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(swapped)
+
+
+def loopback_listeners(port: int, proc_root: str = "/proc") -> set[int]:
+    """Socket inodes of every LISTEN socket a connection to 127.0.0.1:`port` could reach."""
+    inodes: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(proc_root, "net", table).read_text().splitlines()[1:]
+        except OSError:  # no IPv6 in this kernel or namespace
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _LISTEN:
+                continue
+            addr, _, port_hex = fields[1].partition(":")
+            if int(port_hex, 16) != port:
+                continue
+            try:
+                if _proc_net_address(addr) not in _REACHES_LOOPBACK:
+                    continue
+            except ValueError:
+                continue
+            inodes.add(int(fields[9]))
+    return inodes
+
+
+def socket_inodes(pids: Iterable[int], proc_root: str = "/proc") -> set[int]:
+    """Inodes of the sockets these processes hold open (their /proc/<pid>/fd links)."""
+    inodes: set[int] = set()
+    for pid in pids:
+        fd_dir = Path(proc_root, str(pid), "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:  # exited while we looked
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd_dir / fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    return inodes
+
+
+def port_owner(port: int, pgid: int, proc_root: str = "/proc") -> PortOwner:
+    """Who answers a connection to 127.0.0.1:`port`: nobody yet ("none"), only processes of
+    group `pgid` ("group"), or at least one process outside it ("foreign": a squatter that
+    would receive the engine key and the prompts)."""
+    listening = loopback_listeners(port, proc_root)
+    if not listening:
+        return "none"
+    ours = socket_inodes(group_members(pgid, proc_root), proc_root)
+    return "group" if listening <= ours else "foreign"

@@ -12,11 +12,14 @@ from vllama.supervisor.classify import ExitClass
 
 class EngineState(enum.StrEnum):
     STARTING = "starting"  # choosing a port, spawning
-    LOADING = "loading"  # child alive, /health not 200 yet
-    READY = "ready"  # /health answered 200
-    CRASHED = "crashed"  # child exited unasked (momentary: backoff or failed follows)
+    LOADING = "loading"  # child alive, /health not 200 yet (or not from the child's group)
+    READY = "ready"  # the child's own listener answered /health with 200
+    # The leader exited unasked, or the engine was found wedged: entered at once, before what
+    # is left of the group is killed, so no request goes to a dead port meanwhile
+    # (momentary: backoff or failed follows).
+    CRASHED = "crashed"
     BACKOFF = "backoff"  # waiting before the restart
-    FAILED = "failed"  # gave up: config/capacity error, start-up deadline or crash loop
+    FAILED = "failed"  # gave up: config/capacity error, start-up deadline or start-up loop
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -27,7 +30,8 @@ SETTLED = frozenset({EngineState.READY, EngineState.FAILED, EngineState.STOPPED}
 _S = EngineState
 # Every allowed state change (llama-swap's isValidTransition). FAILED is reachable from
 # anywhere (the supervisor task itself failing), and STOPPED from anywhere (stop() may be
-# called at any moment).
+# called at any moment). CRASHED never goes to STOPPING: a stop asked while a crashed group
+# is being killed has nothing left to stop, so it ends in STOPPED directly.
 TRANSITIONS: dict[EngineState, frozenset[EngineState]] = {
     _S.STOPPED: frozenset({_S.STARTING}),
     _S.STARTING: frozenset({_S.LOADING, _S.CRASHED, _S.STOPPING}),
@@ -70,6 +74,9 @@ class EngineSettings(msgspec.Struct, frozen=True):
     stop_timeout: float = 30.0
     health_poll_interval: float = 1.0
     probe_timeout: float = 3.0
+    # Seconds a ready engine may show no progress (token counters still while requests run,
+    # or a one-token request not done while idle) before it is killed and restarted; 0: off.
+    hang_timeout: float = 30.0
     backoff: BackoffPolicy = BackoffPolicy()
     gpu_free_timeout: float = 60.0  # bound on waiting for NVML to show the old child's memory gone
     tail_lines: int = 50

@@ -19,6 +19,7 @@ from vllama.gateway.keys import METRICS, Services
 from vllama.gateway.metrics import Metrics
 from vllama.gateway.server import setup_runner_and_site
 from vllama.gateway.targets import ROUTER
+from vllama.models.pulls import Pulls
 from vllama.models.store import ModelStore
 from vllama.workers.client import ControlClient, MirroredGpu, MirroredSupervisor
 from vllama.workers.protocol import Configure, Listening
@@ -26,9 +27,9 @@ from vllama.workers.protocol import Configure, Listening
 log = logging.getLogger("vllama.workers")
 
 
-def _store(configure: Configure) -> ModelStore:
+def _store(configure: Configure, pulls: Pulls) -> ModelStore:
     cfg = configure.config
-    store = ModelStore.from_config(cfg)
+    store = ModelStore.from_config(cfg, pulls=pulls)
     store.token = configure.hf_token or None
     store.endpoint = configure.hf_endpoint.rstrip("/") or None
     return store
@@ -40,7 +41,8 @@ async def run(control: str, worker: int) -> int:
     client = await ControlClient.connect(
         control, worker, lambda: metrics_box[0].dump() if metrics_box else {})
     cfg = client.configure.config
-    services = Services(config=cfg, store=_store(client.configure), scheduler=client,
+    pulls = Pulls()  # this worker's pulls, kept across reconfigurations
+    services = Services(config=cfg, store=_store(client.configure, pulls), scheduler=client,
                         supervisor=MirroredSupervisor(client), gpu=MirroredGpu(client),
                         engine_key=client.engine_key, metrics_source=client.metrics_text,
                         worker=worker)
@@ -55,7 +57,7 @@ async def run(control: str, worker: int) -> int:
     closing: set[asyncio.Task[None]] = set()
 
     def reconfigure(configure: Configure) -> None:
-        store = _store(configure)
+        store = _store(configure, pulls)
         services.config, services.store = configure.config, store
         for session in app[ROUTER].replace(configure.config, store):
             task = loop.create_task(session.close())
@@ -82,6 +84,7 @@ async def run(control: str, worker: int) -> int:
             log.error("worker %d: the main process is gone; stopping", worker,
                       extra={"component": "gateway"})
     finally:
+        await pulls.close()  # first: a hub that never answers must not hold the stop
         await runner.cleanup()
         await client.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
