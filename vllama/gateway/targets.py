@@ -28,10 +28,14 @@ from vllama.models import facts
 from vllama.models.facts import ModelFiles
 from vllama.models.names import InvalidName
 from vllama.models.store import LocalModel, Overrides
+from vllama.scheduler.state import Lease
 from vllama.translate.models import Endpoint, invalid_name, model_required, name_error
 from vllama.translate.request import ModelCaps
 from vllama.translate.values import CreatedAt
 from vllama.upstream import new_session
+from vllama.wire.openai import served_max_model_len
+
+CONTEXT_READ_TIMEOUT = 10.0  # seconds for a remote upstream's /v1/models
 
 
 @dataclass
@@ -48,6 +52,8 @@ class Target:
     # created_at formatter shared by this target's requests: its per-second cache then
     # survives from one request to the next (a fresh one per request formats every time).
     created_at: CreatedAt = field(default_factory=CreatedAt, repr=False, compare=False)
+    # A remote upstream's max_model_len, read from its /v1/models at first need; 0: not yet.
+    upstream_context: int = 0
 
     @property
     def name(self) -> str:
@@ -89,7 +95,7 @@ class Router:
         if existing is not None:
             return existing
         files = found.files if found is not None else facts.NO_FILES
-        args = facts.engine_args(model, self.config.vllm_args)
+        args = facts.engine_args(files, model, self.config.vllm_args)
         target = Target(model=model, session=self._session_for(model),
                         caps=facts.capabilities(files, model, args),
                         context_length=facts.context_length(files, args), found=found)
@@ -182,14 +188,43 @@ async def leased(request: web.Request, target: Target, keep_alive: float | None 
                  ) -> AsyncIterator[str]:
     """Hold the model loaded for the life of a request (loading it first if needed); yields
     its OpenAI base URL. A remote upstream needs no lease."""
+    async with engine_lease(request, target, keep_alive) as lease:
+        yield lease.base_url
+
+
+@contextlib.asynccontextmanager
+async def engine_lease(request: web.Request, target: Target, keep_alive: float | None = None
+                       ) -> AsyncIterator[Lease]:
+    """`leased`, yielding the whole lease: the base URL and the engine's context."""
     if not target.model.is_local:
-        yield target.model.upstream.rstrip("/")
+        yield Lease("", target.model.upstream.rstrip("/"))
         return
     scheduler = request.app[SERVICES].scheduler
     if scheduler is None:
         raise Unavailable(f"model '{target.name}' is not running: vllama runs no engines here")
     async with scheduler.lease(target.model, keep_alive) as lease:
-        yield lease.base_url
+        yield lease
+
+
+async def engine_context(target: Target, lease: Lease) -> int:
+    """The context the engine serving this request runs with: the scheduler read it from
+    the engine's /v1/models when it started; a remote upstream's is read from its own
+    /v1/models once. Where neither answers, what the flags and config.json say."""
+    if lease.max_model_len:
+        return lease.max_model_len
+    if not target.model.is_local and not target.upstream_context:
+        target.upstream_context = await _read_context(target, lease.base_url)
+    return target.upstream_context or target.context_length
+
+
+async def _read_context(target: Target, base_url: str) -> int:
+    try:
+        async with asyncio.timeout(CONTEXT_READ_TIMEOUT), \
+                target.session.get(base_url + "/models") as resp:
+            body = await resp.read() if resp.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return 0  # asked again next time; the fallback serves meanwhile
+    return served_max_model_len(body, target.upstream_model)
 
 
 def api_url(base: str, path: str) -> str:

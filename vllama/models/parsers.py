@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from vllama.supervisor.argv import flag_name
+from vllama.vllm_flags import flag_name
 
 # The keys of _TOOL_PARSERS_TO_REGISTER in vllm/tool_parsers/__init__.py of vLLM 0.32.0, read
 # from the installed package: `--tool-call-parser` accepts these (or a plugin's names).
@@ -182,6 +182,12 @@ def _generic_reasoning(template: str, code: str) -> str | None:
     if prompt >= 0 and _OPEN_THINK.search(template, prompt):
         return "deepseek_r1"
     return None
+
+
+def think_kwarg(template: str) -> str | None:
+    """The variable the template reads to switch thinking on and off (`enable_thinking`,
+    `thinking`), or None: vllama sends `chat_template_kwargs` only with one."""
+    return _think_kwarg(jinja_code(template))
 
 
 def _think_kwarg(code: str) -> str | None:
