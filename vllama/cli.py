@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TextIO
 
 import msgspec
@@ -28,7 +28,15 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--log-format", choices=("auto", "text", "json", "journal"))
     p.add_argument("--vllm-command", help="engine command (default: vllm on PATH)")
+    p.add_argument("--workers", type=int, help="gateway processes on the port (default: by "
+                   "CPU count; 1: one process)")
     p.set_defaults(func=cmd_serve)
+    w = sub.add_parser("worker")  # started by `vllama serve` itself: not listed in --help
+    w.add_argument("--control", required=True)
+    w.add_argument("--worker", type=int, required=True)
+    w.add_argument("--log-level", default="info")
+    w.add_argument("--log-format", default="auto")
+    w.set_defaults(func=cmd_worker)
 
 
 def _config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -98,7 +106,7 @@ def _cli_overrides(args: argparse.Namespace, extra: Sequence[str]) -> config.Cli
         port=getattr(args, "port", None), model=getattr(args, "model", None),
         name=getattr(args, "name", None), extra_vllm_args=tuple(extra),
         log_level=getattr(args, "log_level", None), log_format=getattr(args, "log_format", None),
-        vllm_command=getattr(args, "vllm_command", None))
+        vllm_command=getattr(args, "vllm_command", None), workers=getattr(args, "workers", None))
 
 
 def cmd_serve(args: argparse.Namespace, extra: Sequence[str], out: TextIO) -> int:
@@ -108,7 +116,32 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str], out: TextIO) -> in
     loaded = config.load(cli)
     log.setup(loaded.config.log_level, loaded.config.log_format, loaded.runtime.journal_stream)
     try:
-        return asyncio.run(daemon.serve(loaded, cli=cli))
+        return run_loop(daemon.serve(loaded, cli=cli))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run the daemon's (or a worker's) loop on uvloop when it is installed (less CPU per
+    request, measured in docs/performance.md), else on asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def cmd_worker(args: argparse.Namespace, extra: Sequence[str], out: TextIO) -> int:
+    """A gateway worker of `vllama serve` (vllama.workers): it gets its config from the main
+    process over the control socket, never from files or the environment."""
+    from vllama import log
+    from vllama.workers.worker import run
+
+    log.setup(args.log_level, args.log_format, config.runtime().journal_stream,
+              fields={"worker": args.worker})
+    try:
+        return run_loop(run(args.control, args.worker))
     except KeyboardInterrupt:
         return EXIT_OK
 

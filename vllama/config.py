@@ -23,6 +23,7 @@ import platformdirs
 from vllama.errors import ConfigError, VllamaError
 
 DEFAULT_PORT = 11434
+LOOPBACK = "127.0.0.1"
 SourceKind = Literal["default", "file", "env", "cli"]
 
 
@@ -51,7 +52,7 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Config(msgspec.Struct, frozen=True):
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
     port: int = DEFAULT_PORT
     models: tuple[ModelConfig, ...] = ()
     aliases: dict[str, str] = msgspec.field(default_factory=dict)
@@ -70,6 +71,7 @@ class Config(msgspec.Struct, frozen=True):
     log_format: str = "auto"
     api_key: str = ""
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     models_dir: str = ""
     state_dir: str = ""
     ollama_version: str = "0.12.6"
@@ -84,6 +86,11 @@ class Config(msgspec.Struct, frozen=True):
     memory_budget: int = 0
     engine_overhead: int = 0
     sleep_mode: str = "auto"
+    workers: int = 0
+    client_header_timeout: float = 20.0
+    client_body_timeout: float = 60.0
+    client_idle_timeout: float = 75.0
+    max_connections: int = 4096
 
     @property
     def vllm_argv(self) -> list[str]:
@@ -177,12 +184,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_format", "enum", "Log output: auto (journald when started by systemd, else "
             "text), text, json (one object per line) or journal.",
             choices=("auto", "text", "json", "journal")),
-    Setting("api_key", "secret", "Bearer key required on every route but /health/live. Empty: "
-            "no key. Under systemd prefer LoadCredential=api-key:FILE (read from "
+    Setting("api_key", "secret", "Bearer key required on every route but /health/live and "
+            "/health, which answers only its status code and {\"status\"} without it (load "
+            "balancers cannot send a key); its details need the key. Empty: no key. Under "
+            "systemd prefer LoadCredential=api-key:FILE (read from "
             "$CREDENTIALS_DIRECTORY/api-key)."),
     Setting("cors_origins", "list", "Extra allowed CORS origins (comma-separated in the "
             "environment), on top of Ollama's localhost/app/file/tauri/vscode defaults. "
-            "OLLAMA_ORIGINS is read too."),
+            "OLLAMA_ORIGINS is read too. A request with any other Origin is refused (403)."),
+    Setting("allowed_hosts", "list", "Extra Host header names accepted while the gateway "
+            "is bound to a loopback address (the DNS-rebinding guard), e.g. the public name a "
+            "reverse proxy forwards; `*.example.org` matches subdomains, `*` turns the guard "
+            "off. Always accepted: localhost, *.localhost, *.local, *.internal, this machine's "
+            "hostname and IP addresses that are loopback, private or unspecified."),
     Setting("models_dir", "str", "Hugging Face cache root holding the models (HF_HOME); "
             "default: $HF_HOME, else ~/.cache/huggingface."),
     Setting("state_dir", "str", "Where vllama keeps its own state (aliases made by cp/create); "
@@ -213,9 +227,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("engine_overhead", "size", "Memory an engine needs beyond weights and KV cache "
             "(CUDA context, activations, the process itself), per GPU. 0: 1.5 GiB per GPU, "
             "1.5 GiB on a CPU host."),
+    Setting("workers", "int", "Gateway processes sharing the port (SO_REUSEPORT), beside the "
+            "main process that keeps the engines; 0: one per 8 CPUs, at most 4 (so 1 on small "
+            "machines); 1: the main process serves the API itself.", minimum=0),
     Setting("sleep_mode", "enum", "Park idle models with vLLM's sleep mode (weights to host "
             "memory) instead of stopping them: auto (on GPUs, when host memory allows) or off.",
             choices=("auto", "off")),
+    Setting("client_header_timeout", "float", "Seconds a client has to send a request's "
+            "headers, from the connection or from the request's first byte; then 408 and the "
+            "connection is closed (slow-client protection).", minimum=0.1),
+    Setting("client_body_timeout", "float", "Seconds a request body may pause between two "
+            "reads before the request fails with 408. Never applies to a response being "
+            "streamed.", minimum=0.1),
+    Setting("client_idle_timeout", "float", "Seconds an idle keep-alive connection stays open "
+            "between requests.", minimum=0.1),
+    Setting("max_connections", "int", "Most client connections open at once; at the limit the "
+            "connection waiting longest for a request is closed for a new one, else the new one "
+            "is refused with 503. Capped at half the open-file limit (RLIMIT_NOFILE).", minimum=1),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 _MODEL_KEEP_ALIVE = Setting("keep_alive", "duration", "a model's keep_alive")
@@ -356,7 +384,7 @@ def parse_host(value: str) -> tuple[str, int | None]:
     leaves the port to the ``port`` setting."""
     raw = value.strip().strip("\"'")
     if not raw:
-        raise ValueError("empty host")
+        return LOOPBACK, None  # as ":port" does: an empty host never means every interface
     scheme = ""
     if "://" in raw:
         scheme, raw = raw.split("://", 1)
@@ -367,7 +395,7 @@ def parse_host(value: str) -> tuple[str, int | None]:
         port = parts.port
     except ValueError as exc:
         raise ValueError(f"invalid port in {value!r}") from exc
-    host = parts.hostname or ("127.0.0.1" if raw.startswith(":") or not raw else "")
+    host = parts.hostname or (LOOPBACK if raw.startswith(":") or not raw else "")
     if not host:
         raise ValueError(f"no host in {value!r}")
     if port is None and scheme in ("http", "https"):
@@ -379,7 +407,7 @@ def client_url(host: str, port: int) -> str:
     """Where a client on this machine reaches a daemon bound to ``host``: a wildcard bind
     is reached on loopback, and an IPv6 address needs brackets."""
     if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
+        host = LOOPBACK
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"
@@ -482,6 +510,7 @@ class CliOverrides:
     log_level: str | None = None
     log_format: str | None = None
     vllm_command: str | None = None
+    workers: int | None = None
 
 
 def load(cli: CliOverrides | None = None, environ: Mapping[str, str] | None = None,
@@ -520,6 +549,8 @@ def _apply_file(path: Path, values: dict[str, Any], sources: dict[str, Source]) 
             values["aliases"] = _file_aliases(raw, path)
         elif key in SETTINGS_BY_KEY:
             values[key] = coerce(SETTINGS_BY_KEY[key], raw, f"in {path}", from_text=False)
+            if key == "host":  # "" is loopback, as VLLAMA_HOST=":port" is, never every interface
+                values[key] = values[key].strip() or LOOPBACK
         else:
             known = ", ".join(sorted([*SETTINGS_BY_KEY, *FILE_ONLY_KEYS]))
             raise ConfigError(f"config error: unknown key {key!r} in {path}; known keys: {known}")
@@ -578,6 +609,7 @@ def _apply_cli(cli: CliOverrides, values: dict[str, Any], sources: dict[str, Sou
         ("log_level", cli.log_level, "--log-level"),
         ("log_format", cli.log_format, "--log-format"),
         ("vllm_command", cli.vllm_command, "--vllm-command"),
+        ("workers", cli.workers, "--workers"),
     ):
         if raw is not None:
             values[key] = coerce(SETTINGS_BY_KEY[key], raw, f"from {flag}",
@@ -639,6 +671,12 @@ def _check_models(config: Config) -> None:
             raise ConfigError(f"config error: two models are named {model.name!r}; names must "
                               "be unique")
         seen.add(key)
+
+
+def runtime(environ: Mapping[str, str] | None = None) -> Runtime:
+    """The process's surroundings (systemd, journald, HF), without loading any settings: for
+    a gateway worker, which gets its settings from the main process."""
+    return _runtime(dict(os.environ if environ is None else environ))
 
 
 def _runtime(env: Mapping[str, str]) -> Runtime:

@@ -25,10 +25,13 @@ import logging
 import math
 import os
 import secrets
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +43,10 @@ from vllama.config import Config, Loaded, ModelConfig
 from vllama.errors import ConfigError
 from vllama.gateway.app import make_app
 from vllama.gateway.keys import METRICS, Services
-from vllama.gateway.metrics import LifecycleMetrics, gauge
+from vllama.gateway.metrics import LifecycleMetrics, Metrics, gauge
+from vllama.gateway.server import make_runner
 from vllama.gateway.targets import ROUTER
-from vllama.gpu import GpuMonitor, import_nvml
+from vllama.gpu import GpuMonitor, GpuSnapshot, import_nvml
 from vllama.models import facts
 from vllama.models.store import ModelStore
 from vllama.scheduler.capacity import Capacity
@@ -62,10 +66,15 @@ from vllama.supervisor import (
     read_mem_available,
 )
 from vllama.systemd import Notifier, watchdog_interval, watchdog_loop
+from vllama.workers.control import ControlServer
+from vllama.workers.pool import WorkerPool, worker_count
+from vllama.workers.protocol import Configure, State
 
 logger = logging.getLogger("vllama.daemon")
 
 HEARTBEAT = 5.0  # seconds between load-progress STATUS= lines and EXTEND_TIMEOUT_USEC
+STATE_REFRESH = 1.0  # seconds between pushes of the workers' mirror without a change
+WORKERS_START = 60.0  # bound on the gateway workers' start (imports, then bind)
 EXTEND_USEC = int(3 * HEARTBEAT * 1_000_000)
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -175,7 +184,7 @@ class Daemon:
     notifier: Notifier
     supervisor: Supervisor
     services: Services
-    app: web.Application
+    app: web.Application | None  # the in-process gateway (None with gateway workers)
     tasks: Tasks
     started: float  # monotonic
     reload_wanted: asyncio.Event  # set by SIGHUP
@@ -184,6 +193,8 @@ class Daemon:
     planner: Capacity
     supervisor_has_gpu: bool
     lifecycle: LifecycleMetrics = field(default_factory=LifecycleMetrics)
+    control: ControlServer | None = None  # with gateway workers: their control sockets
+    pool: WorkerPool | None = None
 
     @property
     def where(self) -> str:
@@ -206,6 +217,8 @@ class Daemon:
                 "component": "supervisor", "model": engine.name, "state": "failed",
                 "restarts": status.restarts})
         self.notifier.status(self.status_line())
+        if self.control is not None:
+            self.control.push_state()
 
     async def heartbeat(self) -> None:
         """While any engine loads: progress in STATUS= and the log, and more start time."""
@@ -223,6 +236,54 @@ class Daemon:
                                 extra={"component": "supervisor", "model": status.model})
             await asyncio.sleep(HEARTBEAT)
 
+    async def gateway_listening(self) -> None:
+        """Until every gateway worker listens (at once with one process)."""
+        control, pool = self.control, self.pool
+        if control is None or pool is None:
+            return
+        while not control.listening(pool.count):
+            control.changed.clear()
+            await control.changed.wait()
+
+    def configure_message(self) -> Configure:
+        runtime = self.loaded.runtime
+        return Configure(self.loaded.config, runtime.hf_token, runtime.hf_endpoint)
+
+    def state_message(self) -> State:
+        gpu = self.services.gpu
+        return State(engines=self.supervisor.snapshot(), slots=self.scheduler.snapshot(),
+                     queued=dict(self.scheduler.queued), ready=self.scheduler.ready,
+                     reasons=self.scheduler.unready_reasons(),
+                     gpu=gpu.snapshot if gpu is not None else GpuSnapshot(False, "no monitor"))
+
+    def render_metrics(self, dumps: Sequence[Mapping[str, Any]]) -> str:
+        """/metrics for the whole daemon: the workers' request counts added up, and the
+        engines', models' and GPUs' series of this process."""
+        total = Metrics()
+        for dump in dumps:
+            total.absorb(dump)
+        total.collectors.append(self.engine_metrics)
+        return total.render()
+
+    async def push_state_forever(self) -> None:
+        """The workers' mirror follows every change (listeners push at once); this refresh
+        carries what changes without an event (load progress, the GPU snapshot)."""
+        while True:
+            await asyncio.sleep(STATE_REFRESH)
+            if self.control is not None:
+                self.control.push_state()
+
+    async def worker_watchdog(self, control: ControlServer, interval: float) -> None:
+        """WATCHDOG=1 only while this loop and every worker's loop answer: a wedged worker
+        stops the pings, and systemd restarts the service."""
+        while True:
+            if await control.all_answer(timeout=interval):
+                self.notifier.watchdog()
+            else:
+                logger.error("a gateway worker did not answer within %.0f s", interval,
+                             extra={"component": "workers"})
+            await asyncio.sleep(interval / 2)
+
     def preload(self) -> None:
         """Load the configured models marked preload, and say READY=1 once they serve."""
         cfg = self.loaded.config
@@ -232,8 +293,9 @@ class Daemon:
         self.tasks.start(self.announce_ready(slots), "ready")
 
     async def announce_ready(self, slots: list[Slot]) -> None:
-        """READY=1 once every preloaded model serves; models with preload = false load on
-        their first request without holding up start-up."""
+        """READY=1 once every gateway worker listens and every preloaded model serves; models
+        with preload = false load on their first request without holding up start-up."""
+        await self.gateway_listening()
         ok = await self.scheduler.wait_loaded(slots)
         if ok:
             names = ", ".join(s.key for s in slots) or "no preloaded models"
@@ -287,8 +349,11 @@ class Daemon:
         wanted = {m.name: m for m in cfg.models if m.is_local}
         gone = {m.name: m for m in old.models if m.is_local and m.name not in wanted}
         restarted = await self.scheduler.retire_changed(wanted, gone)
-        for session in self.app[ROUTER].replace(cfg, store):
-            await session.close()
+        if self.app is not None:
+            for session in self.app[ROUTER].replace(cfg, store):
+                await session.close()
+        if self.control is not None:
+            self.control.push_configure()
         logger.info("config reloaded from %s; restarted: %s", new.path or "defaults",
                     ", ".join(restarted) or "nothing", extra={"component": "daemon"})
         self.notifier.ready(self.status_line())
@@ -300,6 +365,8 @@ class Daemon:
         self.lifecycle.record(event.kind, event.model, event.reason, event.seconds)
         if event.kind != "waited":
             self.notifier.status(self.status_line())
+            if self.control is not None:
+                self.control.push_state()
 
     def engine_metrics(self) -> list[str]:
         statuses = self.supervisor.snapshot()
@@ -373,29 +440,14 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
     stack.push_async_callback(scheduler.close)
     services = Services(config=cfg, store=store, scheduler=scheduler, supervisor=supervisor,
                         gpu=gpu, engine_key=engine_key)
-    app = make_app(services)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
-                           # A client that disconnects cancels its handler at once, which
-                           # closes the upstream connection so vLLM aborts the sequence.
-                           handler_cancellation=True)
-    await runner.setup()
-    stack.push_async_callback(runner.cleanup)
     tasks = Tasks()
-    daemon = Daemon(loaded, cli, notifier, supervisor, services, app, tasks, started,
+    daemon = Daemon(loaded, cli, notifier, supervisor, services, None, tasks, started,
                     reload_wanted, scheduler, engines, planner, hw.on_gpu)
-    app[METRICS].collectors.append(daemon.engine_metrics)
-
-    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        logger.error("cannot listen on %s:%d: %s; is another server (ollama?) using the "
-                     "port? Set port or VLLAMA_PORT", cfg.host, cfg.port, exc.strerror,
-                     extra={"component": "gateway"})
-        notifier.errno(exc.errno or 98, f"cannot listen on {cfg.host}:{cfg.port}")
+    count = worker_count(cfg.workers, hw.cpus)
+    listening = (await _gateway(stack, daemon) if count == 1
+                 else await _workers(stack, daemon, count))
+    if not listening:
         return None
-    logger.info("listening on http://%s:%d", cfg.host, cfg.port, extra={"component": "gateway"})
-
     supervisor.add_listener(daemon.on_engine_change)
     supervisor.add_listener(scheduler.on_engine_change)
     scheduler.add_listener(daemon.on_scheduler_event)
@@ -408,8 +460,73 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
     interval = watchdog_interval(loaded.runtime.watchdog_usec, loaded.runtime.watchdog_pid,
                                  os.getpid())
     if interval:
-        tasks.start(watchdog_loop(notifier, interval), "watchdog")
+        control = daemon.control
+        tasks.start(watchdog_loop(notifier, interval) if control is None
+                    else daemon.worker_watchdog(control, interval), "watchdog")
+    if daemon.control is not None:
+        tasks.start(daemon.push_state_forever(), "state")
     return daemon
+
+
+def _cannot_listen(daemon: Daemon, exc: OSError) -> None:
+    cfg = daemon.loaded.config
+    logger.error("cannot listen on %s:%d: %s; is another server (ollama?) using the port? Set "
+                 "port or VLLAMA_PORT", cfg.host, cfg.port, exc.strerror,
+                 extra={"component": "gateway"})
+    daemon.notifier.errno(exc.errno or 98, f"cannot listen on {cfg.host}:{cfg.port}")
+
+
+async def _gateway(stack: contextlib.AsyncExitStack, daemon: Daemon) -> bool:
+    """One process: the gateway runs on the main process's own loop."""
+    cfg = daemon.loaded.config
+    app = daemon.app = make_app(daemon.services)
+    runner = make_runner(app, cfg)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    app[METRICS].collectors.append(daemon.engine_metrics)
+    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        _cannot_listen(daemon, exc)
+        return False
+    logger.info("listening on http://%s:%d", cfg.host, cfg.port, extra={"component": "gateway"})
+    return True
+
+
+async def _workers(stack: contextlib.AsyncExitStack, daemon: Daemon, count: int) -> bool:
+    """Several gateway processes on one port (SO_REUSEPORT); this process keeps the scheduler,
+    the engines and systemd, and serves the workers over a private Unix socket."""
+    cfg = daemon.loaded.config
+    try:  # a port held by another server fails here, with the same message as one process
+        with socket.create_server((cfg.host, cfg.port), reuse_port=True):
+            pass
+    except OSError as exc:
+        _cannot_listen(daemon, exc)
+        return False
+    private = tempfile.mkdtemp(prefix="vllama-")
+    stack.callback(shutil.rmtree, private, ignore_errors=True)
+    control = daemon.control = ControlServer(
+        os.path.join(private, "control.sock"), daemon.scheduler, daemon.services.engine_key,
+        configure=daemon.configure_message, state=daemon.state_message,
+        render_metrics=daemon.render_metrics)
+    await control.start()
+    stack.push_async_callback(control.close)
+    pool = daemon.pool = WorkerPool(count, control.path, daemon.loaded.environ,
+                                    log_level=cfg.log_level, log_format=cfg.log_format)
+    pool.start()
+    stack.push_async_callback(pool.stop)
+    try:  # the gateway listens before any model loads, so /health says why it is not ready
+        async with asyncio.timeout(WORKERS_START):
+            await daemon.gateway_listening()
+    except TimeoutError:
+        logger.error("the gateway workers did not all start listening within %.0f s; see "
+                     "their log lines above", WORKERS_START, extra={"component": "workers"})
+        daemon.notifier.errno(98, "gateway workers did not start")
+        return False
+    logger.info("listening on http://%s:%d with %d gateway workers", cfg.host, cfg.port, count,
+                extra={"component": "gateway"})
+    return True
 
 
 async def serve(loaded: Loaded, *, cli: config_mod.CliOverrides | None = None,

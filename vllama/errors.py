@@ -55,6 +55,12 @@ class Unauthorized(VllamaError):
     status = 401
 
 
+class Forbidden(VllamaError):
+    """A caller the gateway does not serve: a cross-site Origin, a Host that is not this one."""
+
+    status = 403
+
+
 class NotFound(VllamaError):
     status = 404
     exit_code = EXIT_NOT_FOUND
@@ -62,6 +68,13 @@ class NotFound(VllamaError):
 
 class MethodNotAllowed(VllamaError):
     status = 405
+
+
+class RequestTimeout(VllamaError, TimeoutError):
+    """A client too slow to send its request. A TimeoutError too, so aiohttp's lingering
+    read of an unread body treats it as the timeout it is and just closes the connection."""
+
+    status = 408
 
 
 class PayloadTooLarge(VllamaError):

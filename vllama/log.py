@@ -5,6 +5,14 @@ Every record may carry vllama's fields through ``extra=`` (``component``, ``mode
 ``VLLAMA_*`` fields; JSON lines get them as keys; text shows the interesting ones inline.
 The request id lives in a context variable so every line logged while serving a request
 carries it without being passed around.
+
+Logged values carry what clients sent (paths, model names, header values), so no format lets a
+control character through raw: a CR, LF or ESC from outside can neither forge a log line nor
+drive a terminal. Text and journald escape them (``clean``); only a traceback keeps its own line
+breaks, each continuation line indented in text so that nothing but a real record starts at
+column 0. JSON keeps the values exact: its encoder escapes C0 controls and the line is then made
+ASCII-safe for the rest (DEL, C1, U+2028/U+2029); bytes that were not UTF-8 (a header's lone
+surrogates) cannot be encoded, so they are written as ``\\xNN`` there too.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import array
 import contextvars
 import logging
 import os
+import re
 import socket
 import struct
 import sys
@@ -38,6 +47,51 @@ _PRIORITY = {
     logging.INFO: 6,
     logging.DEBUG: 7,
 }
+
+
+# C0 controls but TAB, DEL, C1 controls, the Unicode line and paragraph separators, and lone
+# surrogates (undecodable bytes in a header arrive surrogate-escaped).
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\x1b": "\\e"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, shown as that byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# What msgspec writes raw but a terminal or a line splitter may still act on.
+_JSON_RAW = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def clean(value: object) -> str:
+    """``str(value)`` with control characters escaped (``\\n``, ``\\r``, ``\\e``, ``\\xNN``)."""
+    text = value if isinstance(value, str) else str(value)
+    if _CONTROL.search(text) is None:  # the common case: one scan, no copy
+        return text
+    return _CONTROL.sub(_escape_char, text)
+
+
+def _json_text(value: str) -> str:
+    return value if _SURROGATE.search(value) is None else _SURROGATE.sub(_escape_char, value)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def traceback_text(record: logging.LogRecord) -> str:
+    """The record's traceback, each line escaped but the line breaks kept."""
+    if not record.exc_info:
+        return ""
+    text = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+    return "\n".join(clean(line) for line in text.split("\n"))
 
 
 def priority(levelno: int) -> int:
@@ -73,7 +127,7 @@ def journal_stream_matches(journal_stream: str, stream: TextIO | None = None) ->
 class TextFormatter(logging.Formatter):
     """One readable line: time, level, logger, message, then key=value extras."""
 
-    _SHOWN = ("model", "request_id", "status", "latency_ms", "vllm_pid", "state")
+    _SHOWN = ("model", "request_id", "status", "latency_ms", "vllm_pid", "state", "worker")
     # The time stamp is formatted once per second, not per line (one line per request).
     _sec = -1
     _stamp = ""
@@ -92,32 +146,36 @@ class TextFormatter(logging.Formatter):
         shown = []
         for key in self._SHOWN:
             if key == "request_id" and rid:
-                shown.append(f"request_id={rid}")
+                shown.append(f"request_id={clean(rid)}")
             elif key in attrs:
-                shown.append(f"{key}={attrs[key]}")
+                shown.append(f"{key}={clean(attrs[key])}")
         extras = " ".join(shown)
-        line = f"{stamp} {record.levelname:<7} {name}: {record.getMessage()}"
+        line = f"{stamp} {record.levelname:<7} {name}: {clean(record.getMessage())}"
         if extras:
             line += f"  [{extras}]"
         if record.exc_info:
-            line += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            line += "".join(f"\n    {part}" for part in traceback_text(record).split("\n"))
         return line
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line (msgspec-encoded)."""
+    """One JSON object per line (msgspec-encoded), every character outside printable ASCII
+    and plain text escaped (see the module's docstring)."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "ts": round(record.created, 6),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _json_text(record.getMessage()),
         }
-        doc.update(record_fields(record))
+        for key, value in record_fields(record).items():
+            doc[key] = value if isinstance(value, int | float | bool | None) else _json_text(
+                str(value))
         if record.exc_info:
-            doc["exc"] = "".join(traceback.format_exception(*record.exc_info))
-        return msgspec.json.encode(doc, enc_hook=str).decode()
+            doc["exc"] = _json_text("".join(traceback.format_exception(*record.exc_info)))
+        line = msgspec.json.encode(doc).decode()
+        return line if _JSON_RAW.search(line) is None else _JSON_RAW.sub(_json_escape, line)
 
 
 def encode_journal_entry(fields: Mapping[str, str]) -> bytes:
@@ -156,9 +214,9 @@ class JournalHandler(logging.Handler):
 
     def entry(self, record: logging.LogRecord) -> dict[str, str]:
         fields = record_fields(record)
-        message = record.getMessage()
+        message = clean(record.getMessage())
         if record.exc_info:
-            message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            message += "\n" + traceback_text(record)
         component = str(fields.get("component", ""))
         entry = {
             "MESSAGE": message,
@@ -173,8 +231,8 @@ class JournalHandler(logging.Handler):
             fields["component"] = record.name.removeprefix("vllama.").split(".")[0]
         for key, value in fields.items():
             if key == "vllm_pid":
-                entry["VLLM_PID"] = str(value)
-            entry[journal_key(key)] = str(value)
+                entry["VLLM_PID"] = clean(value)
+            entry[journal_key(key)] = clean(value)
         return entry
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -215,9 +273,24 @@ def choose_format(log_format: str, journal_stream: str, stream: TextIO | None = 
     return "journal" if journal_stream_matches(journal_stream, stream) else "text"
 
 
+class _Fields(logging.Filter):
+    """Stamps fixed fields on every record of this process (a gateway worker's number)."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.fields = dict(fields)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            setattr(record, key, value)
+        return True
+
+
 def setup(level: str = "info", log_format: str = "auto", journal_stream: str = "",
-          *, stream: TextIO | None = None, journal_address: str = JOURNAL_SOCKET) -> str:
-    """Configure the root logger once; returns the format chosen."""
+          *, stream: TextIO | None = None, journal_address: str = JOURNAL_SOCKET,
+          fields: Mapping[str, Any] | None = None) -> str:
+    """Configure the root logger once; returns the format chosen. `fields` go on every
+    record (journald VLLAMA_<KEY>, JSON keys)."""
     chosen = choose_format(log_format, journal_stream, stream)
     handler: logging.Handler
     if chosen == "journal":
@@ -229,6 +302,8 @@ def setup(level: str = "info", log_format: str = "auto", journal_stream: str = "
     for old in list(root.handlers):
         root.removeHandler(old)
         old.close()
+    if fields:
+        handler.addFilter(_Fields(fields))
     root.addHandler(handler)
     root.setLevel(level.upper())
     # aiohttp's own access log duplicates ours.

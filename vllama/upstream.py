@@ -11,9 +11,8 @@ and drops it otherwise (the client left, or an error), so vLLM aborts the sequen
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -57,14 +56,10 @@ def _dumps(obj: Any) -> str:
     return msgspec.json.encode(obj).decode()
 
 
-@contextlib.contextmanager
-def _body_errors() -> Iterator[None]:
-    """A body read that fails means the upstream went away mid-response."""
-    try:
-        yield
-    except _STREAM_ERRORS as exc:
-        logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
-        raise EngineDied(RUNNER_STOPPED) from None
+def _broke(exc: BaseException) -> EngineDied:
+    """A body read that failed: the upstream went away mid-response."""
+    logger.warning("upstream stream broke: %s", exc or type(exc).__name__)
+    return EngineDied(RUNNER_STOPPED)
 
 
 class UpstreamResponse:
@@ -89,16 +84,20 @@ class UpstreamResponse:
         one read, and one event may span reads)."""
         read = self._resp.content.readany
         while True:
-            with _body_errors():
+            try:  # inline, not a context manager: this runs for every network read
                 data = await read()
+            except _STREAM_ERRORS as exc:
+                raise _broke(exc) from None
             if not data:
                 self.finished = True
                 return
             yield data
 
     async def read(self) -> bytes:
-        with _body_errors():
+        try:
             data = await self._resp.read()
+        except _STREAM_ERRORS as exc:
+            raise _broke(exc) from None
         self.finished = True
         return data
 
@@ -123,26 +122,45 @@ async def _send(session: aiohttp.ClientSession, url: str, body: bytes,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-@contextlib.asynccontextmanager
-async def post(session: aiohttp.ClientSession, url: str, body: bytes,
-               headers: Mapping[str, str] | None = None) -> AsyncIterator[UpstreamResponse]:
-    """POST `body` and yield the response once its status is known. A connection failure is
-    UpstreamError (502); an error status is UpstreamError with the upstream's status and
-    text. Leaving the block releases the connection (body read to its end) or drops it."""
-    resp = await _send(session, url, body, headers)
-    if resp.status >= 400:
-        try:
-            data = await resp.read()
-        except aiohttp.ClientError:
-            data = b""
-        finally:
-            resp.release()
-        raise error_from_upstream(resp.status, data)
-    stream = UpstreamResponse(resp)
-    try:
-        yield stream
-    finally:
+class Exchange:
+    """One POST to an upstream, as an async context manager (a class, not a generator: it runs
+    on every request)."""
+
+    __slots__ = ("_args", "_resp", "_stream")
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, body: bytes,
+                 headers: Mapping[str, str] | None) -> None:
+        self._args = (session, url, body, headers)
+        self._resp: aiohttp.ClientResponse | None = None
+        self._stream: UpstreamResponse | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        resp = self._resp = await _send(*self._args)
+        if resp.status >= 400:
+            try:
+                data = await resp.read()
+            except aiohttp.ClientError:
+                data = b""
+            finally:
+                resp.release()
+            raise error_from_upstream(resp.status, data)
+        self._stream = UpstreamResponse(resp)
+        return self._stream
+
+    async def __aexit__(self, *exc: object) -> None:
+        resp, stream = self._resp, self._stream
+        if resp is None or stream is None:
+            return
         if stream.finished:
             resp.release()
         else:
             resp.close()
+
+
+def post(session: aiohttp.ClientSession, url: str, body: bytes,
+         headers: Mapping[str, str] | None = None) -> Exchange:
+    """POST `body`; `async with` it to get the response once its status is known. A connection
+    failure is UpstreamError (502); an error status is UpstreamError with the upstream's status
+    and text. Leaving the block releases the connection (body read to its end) or drops it
+    (anything else: the client left, or an error), so vLLM aborts the sequence."""
+    return Exchange(session, url, body, headers)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, free_port
+from tests.served import workers_args
 
 
 @dataclass
@@ -82,7 +83,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         log = tmp / "vllama.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLAMA_", "OLLAMA_"))}
         procs.append(spawn([sys.executable, "-m", "vllama", "serve", "--config", str(cfg),
-                            "--port", str(gport)], log, env))
+                            "--port", str(gport), *workers_args()], log, env))
         _wait_http(f"http://127.0.0.1:{gport}/api/version", procs[-1], log)
         yield Daemon(url=f"http://127.0.0.1:{gport}", port=gport, log=log)
     finally:

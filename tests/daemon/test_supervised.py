@@ -7,13 +7,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,88 +18,18 @@ import aiohttp
 import msgspec
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT
 from tests.e2e.engine import group_members
-
-FAKE = f"{sys.executable} -m tests.fake_vllm"
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen[bytes]
-    port: int
-    notify: socket.socket
-    config: Path
-    log: Path
-    messages: list[str] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def datagrams(self, timeout: float = 0.2) -> list[str]:
-        """Collect what arrives within ``timeout`` (the watchdog never stops talking)."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            self.notify.settimeout(left)
-            try:
-                self.messages.append(self.notify.recv(4096).decode())
-            except (TimeoutError, BlockingIOError):
-                break
-        return self.messages
-
-    def wait_for(self, needle: str, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            for msg in self.datagrams():
-                if needle in msg:
-                    return msg
-        raise AssertionError(f"no datagram with {needle!r}: {self.messages}\n"
-                             f"{self.log.read_text()[-3000:]}")
-
-
-def write_config(path: Path, *, extra_args: list[str], name: str = "tiny") -> None:
-    args = ", ".join(f'"{a}"' for a in extra_args)
-    path.write_text(
-        f'vllm_command = "{FAKE}"\nrestart_backoff_initial = 0.2\nhealth_poll_interval = 0.2\n'
-        f'stop_timeout = 5\n\n[[models]]\nname = "{name}"\nsource = "/models/{name}"\n'
-        f"vllm_args = [{args}]\n")
+from tests.served import FAKE, Served, serve_notified, workers_args, write_config
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    sock_dir = tempfile.mkdtemp(prefix="vllama-notify-")
-    sock_path = os.path.join(sock_dir, "notify")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(sock_path)
     cfg = tmp_path / "config.toml"
     write_config(cfg, extra_args=["--fake-startup-delay", "2", "--fake-spawn-child",
                                   "--fake-tokens", "400", "--fake-token-delay", "0.01"])
-    port = free_port()
-    log = tmp_path / "vllama.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLAMA_", "OLLAMA_"))}
-    env.update(NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="2000000", WATCHDOG_PID="")
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "vllama", "serve", "--config", str(cfg),
-                                 "--port", str(port), "--log-format", "json"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
-                                start_new_session=True)
-    served = Served(proc, port, notify, cfg, log)
-    try:
+    with serve_notified(cfg, tmp_path) as served:
         yield served
-    finally:
-        proc = served.proc  # a test may have restarted the daemon
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        notify.close()
-        os.unlink(sock_path)
-        os.rmdir(sock_dir)
 
 
 async def get_json(url: str) -> Any:
@@ -239,8 +166,8 @@ def test_preload_false_does_not_hold_up_ready(served: Served) -> None:
     with served.log.open("ab") as out:
         served.proc = subprocess.Popen(
             [sys.executable, "-m", "vllama", "serve", "--config", str(served.config),
-             "--port", str(served.port)], stdout=out, stderr=subprocess.STDOUT, env=env,
-            cwd=REPO_ROOT, start_new_session=True)
+             "--port", str(served.port), *workers_args()], stdout=out,
+            stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True)
     served.wait_for("READY=1", timeout=20)
     code, doc = asyncio.run(health(served.url))
     states = {e["model"]: e["state"] for e in doc["engines"]}  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ import msgspec
 
 from tests.conftest import REPO_ROOT, free_port
 from tests.e2e.engine import ENGINE_ENV
+from tests.served import workers_args
 from vllama.supervisor.procs import group_members
 
 
@@ -43,7 +44,7 @@ async def serve(config: str, tmp: Path, env: dict[str, str] | None = None
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "vllama", "serve", "--config", str(cfg), "--port", str(port),
-            stdout=out, stderr=out, cwd=REPO_ROOT, start_new_session=True,
+            *workers_args(), stdout=out, stderr=out, cwd=REPO_ROOT, start_new_session=True,
             env={**base, **ENGINE_ENV, **(env or {})})
     served = Served(f"http://127.0.0.1:{port}", log, proc)
     try:

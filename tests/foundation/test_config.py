@@ -185,3 +185,30 @@ def test_docs_configuration_table_is_generated() -> None:
 )
 def test_client_url_reaches_the_bind(host: str, url: str) -> None:
     assert config.client_url(host, 11434) == url
+
+
+@pytest.mark.parametrize("text", ['host = ""\n', 'host = "  "\n'])
+def test_empty_host_in_file_is_loopback(tmp_path: Path, text: str) -> None:
+    loaded = load(CliOverrides(), {}, path=write(tmp_path, text))
+    assert loaded.config.host == "127.0.0.1"  # as VLLAMA_HOST=":port", never every interface
+    assert loaded.sources["host"].kind == "file"
+
+
+def test_empty_host_everywhere_is_loopback() -> None:
+    assert config.parse_host("") == ("127.0.0.1", None)
+    assert load(CliOverrides(host=""), {}, use_files=False).config.host == "127.0.0.1"
+    assert load(CliOverrides(), {"VLLAMA_HOST": ""}, use_files=False).config.host == \
+        "127.0.0.1"
+    assert load(CliOverrides(), {"OLLAMA_HOST": ":9"}, use_files=False).config.host == \
+        "127.0.0.1"
+
+
+def test_client_edge_settings_from_env() -> None:
+    loaded = load(CliOverrides(), {"VLLAMA_ALLOWED_HOSTS": "a.example, *.b.example",
+                                   "VLLAMA_CLIENT_HEADER_TIMEOUT": "5",
+                                   "VLLAMA_MAX_CONNECTIONS": "10"}, use_files=False)
+    assert loaded.config.allowed_hosts == ("a.example", "*.b.example")
+    assert loaded.config.client_header_timeout == 5.0
+    assert loaded.config.max_connections == 10
+    with pytest.raises(ConfigError, match="max_connections = '0'"):
+        load(CliOverrides(), {"VLLAMA_MAX_CONNECTIONS": "0"}, use_files=False)

@@ -48,10 +48,10 @@ async def test_live_and_unknown_paths(make: Callable[..., Awaitable[Client]]) ->
     assert (await client.get("/health/live")).status == 200
     resp = await client.get("/nope")
     assert resp.status == 404
-    assert await resp.text() == "404 page not found"
+    assert await resp.json() == {"error": "404 page not found"}  # Go's text, in Ollama's JSON
     resp = await client.post("/api/version")
     assert resp.status == 405
-    assert await resp.text() == "405 method not allowed"
+    assert await resp.json() == {"error": "405 method not allowed"}
 
 
 async def test_request_id_in_and_out(make: Callable[..., Awaitable[Client]]) -> None:

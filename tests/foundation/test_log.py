@@ -71,7 +71,8 @@ def test_journal_handler_sends_fields(journal_socket: tuple[socket.socket, str])
         except ValueError:
             logger.exception("failed\nbadly", extra={"component": "vllm", "vllm_pid": 7})
         entry = parse_entry(sock.recv(65536))
-        assert entry["MESSAGE"].startswith("failed\nbadly\nTraceback")
+        # the message's own line break is escaped; the traceback keeps its lines
+        assert entry["MESSAGE"].startswith("failed\\nbadly\nTraceback")
         assert "ValueError: boom" in entry["MESSAGE"]
         assert entry["PRIORITY"] == "3"
         assert entry["SYSLOG_IDENTIFIER"] == "vllm"
@@ -128,3 +129,65 @@ def test_priority_mapping() -> None:
 
 def test_journal_key_sanitized() -> None:
     assert log.journal_key("latency-ms") == "VLLAMA_LATENCY_MS"
+
+
+FORGED = "GET /x\n12:00:00 INFO    access: GET /admin 200\r\x1b[2J\u2028\x85\udcff"
+
+
+def log_to(formatter: logging.Formatter, *args: object, **extra: object) -> str:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger("vllama.test.escape")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.info(*args, extra=extra)
+        try:
+            raise ValueError("bad\n12:00:00 INFO    forged")
+        except ValueError:
+            logger.exception("failed %s", "\x1b[31m")
+    finally:
+        logger.removeHandler(handler)
+    return stream.getvalue()
+
+
+def test_text_escapes_control_characters_in_every_field() -> None:
+    out = log_to(log.TextFormatter(), "%s", FORGED, model="a\nb", status="\r2")
+    lines = out.splitlines()
+    assert lines[0].endswith("GET /x\\n12:00:00 INFO    access: GET /admin 200\\r\\e[2J"
+                             "\\u2028\\x85\\xff  [model=a\\nb status=\\r2]")
+    assert lines[1].endswith("ERROR   test.escape: failed \\e[31m")
+    # every line but the two records' own starts with whitespace: a traceback cannot forge one
+    assert all(line.startswith("    ") for line in lines[2:]), lines
+    assert "    12:00:00 INFO    forged" in lines
+    assert not any(c in out for c in "\r\x1b\u2028\x85")
+
+
+def test_json_keeps_values_exact_and_the_line_ascii_safe() -> None:
+    out = log_to(log.JsonFormatter(), "%s", FORGED, model="a\nb", status=200)
+    first, second = out.splitlines()
+    assert all(c == "\n" or " " <= c < "\x7f" for c in out), out
+    doc = msgspec.json.decode(first)
+    assert doc["msg"] == FORGED[:-1] + "\\xff"  # only the undecodable byte cannot stay
+    assert doc["model"] == "a\nb" and doc["status"] == 200
+    exc = msgspec.json.decode(second)["exc"]
+    assert exc.endswith("ValueError: bad\n12:00:00 INFO    forged\n")
+
+
+def test_journal_fields_are_escaped(journal_socket: tuple[socket.socket, str]) -> None:
+    sock, path = journal_socket
+    handler = log.JournalHandler(address=path)
+    logger = logging.getLogger("vllama.test.journal-escape")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("%s", FORGED, extra={"model": "a\nb\x1b"})
+        entry = parse_entry(sock.recv(65536))
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert entry["MESSAGE"] == log.clean(FORGED)
+    assert "\n" not in entry["MESSAGE"] and "\x1b" not in entry["MESSAGE"]
+    assert entry["VLLAMA_MODEL"] == "a\\nb\\e"

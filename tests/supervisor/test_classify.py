@@ -17,6 +17,23 @@ TRACE = [
     [
         (2, ["vllm: error: unrecognized arguments: --disable-log-requests"], "config", "vllm_args"),
         (2, ["vllm: error: argument --max-model-len: invalid int value"], "config", "vllm_args"),
+        (   # vLLM 0.32, a --max-model-len beyond the model's (seen on the real CPU engine)
+            1,
+            ["pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig",
+             "  Value error, User-specified max_model_len (999999) is greater than the derived "
+             "max_model_len (max_position_embeddings=2048.0 or model_max_length=None in model's "
+             "config.json). To allow overriding this maximum, set the env var "
+             "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1."],
+            "config",
+            "--max-model-len",
+        ),
+        (
+            1,
+            ["pydantic_core._pydantic_core.ValidationError: 1 validation error for CacheConfig",
+             "  Value error, nonsense [type=value_error]"],
+            "config",
+            "vllm_args",
+        ),
         (
             1,
             [

@@ -8,6 +8,7 @@ for it alone (through env in vllm_command), so the daemon itself imports the ins
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,11 +28,13 @@ def model_toml(name: str, *args: str) -> str:
 
 
 def fake_config(*models: str, extra: str = "") -> str:
+    workers = os.environ.get("VLLAMA_TEST_WORKERS", "")  # the same tests with N workers
     return (
         'host = "127.0.0.1"\nport = 11434\nlog_level = "info"\n'
         f'vllm_command = "{FAKE_COMMAND}"\n'
         "restart_backoff_initial = 0.5\nrestart_backoff_max = 2.0\n"
-        f"{extra}\n" + "".join(models or (model_toml("tiny", "--fake-startup-delay", "3"),))
+        + (f"workers = {int(workers)}\n" if workers else "")
+        + f"{extra}\n" + "".join(models or (model_toml("tiny", "--fake-startup-delay", "3"),))
     )
 
 

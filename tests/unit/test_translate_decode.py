@@ -217,3 +217,35 @@ def test_null_means_unset() -> None:
 def test_errors_are_vllama_errors() -> None:
     with pytest.raises(VllamaError):
         decode_embeddings(b'{"model":"m","prompt":[1]}')
+
+
+DEEP = 1000  # a 2 KB body: past the stack msgspec and the Go-text scanner recurse on
+
+
+@pytest.mark.parametrize("decode", ALL)
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * DEEP + b"]" * DEEP,
+        b'{"model":"m","options":' + b'{"a":' * DEEP + b"1" + b"}" * DEEP + b"}",
+        b'{"model":1,"format":' + b"[" * DEEP,  # a type error before the depth
+        b'{"model":"m","x":' + b"[" * 300 + b"}",  # a syntax error past the depth
+        b"[" * 100_000,
+    ],
+)
+def test_deep_nesting_is_a_400(decode: Callable[[bytes], Any], body: bytes) -> None:
+    with pytest.raises(BadRequest) as info:
+        decode(body)
+    assert info.value.message in ("invalid character '[' exceeded max depth",
+                                  "invalid character '{' exceeded max depth")
+
+
+def test_nesting_up_to_the_limit_and_brackets_in_strings_are_fine() -> None:
+    from vllama.translate.gojson import MAX_DEPTH
+
+    inner = b"[" * (MAX_DEPTH - 2) + b"]" * (MAX_DEPTH - 2)
+    req = decode_chat(b'{"model":"m","format":{"a":' + inner + b"}}")
+    assert req.model == "m"
+    brackets = b'"' + b"[{" * 5000 + b'\\"]"'
+    assert decode_generate(b'{"model":"m","prompt":' + brackets + b"}").prompt == \
+        "[{" * 5000 + '"]'

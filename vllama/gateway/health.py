@@ -1,4 +1,8 @@
-"""/health (ready or not, with why), /health/live (the loop runs), /metrics (Prometheus)."""
+"""/health (ready or not, with why), /health/live (the loop runs), /metrics (Prometheus).
+
+With an API key set, /health still answers its status code and status to anyone (load balancers
+cannot send a bearer header); engines, pids, ports, paths and GPUs go only to callers with the
+key. /metrics stays behind the key."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from aiohttp import web
 
 from vllama import __version__
 from vllama.gateway.keys import METRICS, SERVICES
+from vllama.gateway.middleware import authorized
 
 _encode = msgspec.json.Encoder().encode
 
@@ -34,6 +39,7 @@ def health_document(request: web.Request) -> tuple[bool, dict[str, Any]]:
         # preloaded and pinned ones do.
         ready = services.scheduler.ready
         models = [msgspec.to_builtins(s) for s in services.scheduler.snapshot()]
+        reasons = services.scheduler.unready_reasons()
     gpus: Any = {"available": False, "reason": "GPU monitor not started"}
     if services.gpu is not None:
         gpus = msgspec.to_builtins(services.gpu.snapshot)
@@ -47,19 +53,23 @@ def health_document(request: web.Request) -> tuple[bool, dict[str, Any]]:
     }
     if services.scheduler is not None:
         doc["queued"] = dict(services.scheduler.queued)
-    if reasons:
+    if reasons and not ready:
         doc["reasons"] = reasons
     return ready, doc
 
 
 async def health(request: web.Request) -> web.Response:
     ready, doc = health_document(request)
+    if not authorized(request, request.app[SERVICES].config.api_key):
+        doc = {"status": doc["status"]}
     return web.Response(status=200 if ready else 503, body=_encode(doc),
                         content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[METRICS].render(),
+    source = request.app[SERVICES].metrics_source
+    text = await source() if source is not None else request.app[METRICS].render()
+    return web.Response(text=text,
                         content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 

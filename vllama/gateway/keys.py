@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,9 @@ class Services:
     # The private key the daemon gives its engines (VLLM_API_KEY): only the gateway uses them.
     engine_key: str = ""
     started: float = field(default_factory=time.time)
+    # In a gateway worker: /metrics for the whole daemon comes from the main process.
+    metrics_source: Callable[[], Awaitable[str]] | None = None
+    worker: int | None = None  # this gateway worker's number (None: the main process)
 
     @classmethod
     def for_config(cls, config: Config, **others: Any) -> Services:

@@ -9,7 +9,8 @@ and text are built only at scrape time, which is rare next to requests."""
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0)
@@ -50,6 +51,15 @@ class Histogram:
         row[bisect_left(self.buckets, value)] += 1  # first bound >= value (le semantics)
         row[-2] += value
         row[-1] += 1
+
+    def add(self, values: tuple[str, ...], row: Sequence[float]) -> None:
+        """Add another histogram's row (same buckets) to this series."""
+        mine = self.series.get(values)
+        if mine is None:
+            self.series[values] = list(row)
+            return
+        for i, count in enumerate(row):
+            mine[i] += count
 
     def lines(self, name: str) -> Iterable[str]:
         for values, row in self.series.items():
@@ -93,6 +103,27 @@ class Metrics:
         if completion:
             key = (model, "completion")
             self.tokens[key] = self.tokens.get(key, 0) + completion
+
+    def dump(self) -> dict[str, Any]:
+        """The counts, as plain values another process can add to its own (gateway
+        workers: the main process answers /metrics for the whole daemon)."""
+        return {"requests": [[*k, v] for k, v in self.requests.items()],
+                "latency": [[*k, row] for k, row in self.latency.series.items()],
+                "ttft": [[*k, row] for k, row in self.ttft.series.items()],
+                "tokens": [[*k, v] for k, v in self.tokens.items()],
+                "in_flight": self.in_flight}
+
+    def absorb(self, data: Mapping[str, Any]) -> None:
+        """Add another process's `dump()` to these counts."""
+        for route, method, status, model, value in data.get("requests", ()):
+            key = (route, method, int(status), model)
+            self.requests[key] = self.requests.get(key, 0) + value
+        for name, histogram in (("latency", self.latency), ("ttft", self.ttft)):
+            for *labels, row in data.get(name, ()):
+                histogram.add(tuple(labels), row)
+        for model, kind, value in data.get("tokens", ()):
+            self.tokens[(model, kind)] = self.tokens.get((model, kind), 0) + value
+        self.in_flight += int(data.get("in_flight", 0))
 
     def render(self) -> str:
         requests = (

@@ -1,4 +1,5 @@
-"""Edges of every request: request id, CORS, API key, error mapping, access log.
+"""Edges of every request: request id, who may call (Host, Origin, API key), CORS, error
+mapping, access log.
 
 Errors become responses here and nowhere else: a VllamaError carries its status and Ollama text;
 routes under /v1/ get OpenAI's error envelope instead of Ollama's.
@@ -6,7 +7,6 @@ routes under /v1/ get OpenAI's error envelope instead of Ollama's.
 
 from __future__ import annotations
 
-import fnmatch
 import hmac
 import logging
 import os
@@ -16,9 +16,19 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from vllama import log
-from vllama.errors import PayloadTooLarge, Unauthorized, VllamaError
+from vllama.config import Config
+from vllama.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    VllamaError,
+)
+from vllama.gateway import guard
 from vllama.gateway.keys import (
     CORS_OK,
     FINAL_STATUS,
@@ -37,13 +47,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON_CT = "application/json; charset=utf-8"
 _RID_OK = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
-# Ollama's defaults (gin-contrib/cors with wildcards): local hosts on any port and app schemes.
-DEFAULT_ORIGINS = (
-    "http://localhost", "https://localhost", "http://localhost:*", "https://localhost:*",
-    "http://127.0.0.1", "https://127.0.0.1", "http://127.0.0.1:*", "https://127.0.0.1:*",
-    "http://0.0.0.0", "https://0.0.0.0", "http://0.0.0.0:*", "https://0.0.0.0:*",
-    "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*",
-)
 ALLOWED_HEADERS = (
     "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, OpenAI-Beta, "
     "X-Request-Id, x-stainless-arch, x-stainless-async, x-stainless-custom-poll-interval, "
@@ -52,14 +55,16 @@ ALLOWED_HEADERS = (
     "x-stainless-runtime-version, x-stainless-timeout"
 )
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
-OPEN_PATHS = frozenset({"/health/live"})
+# Open without the key: liveness, and readiness for load balancers that cannot send a header
+# (health.py keeps the details of /health for callers with the key).
+OPEN_PATHS = frozenset({"/health/live", "/health"})
 # Probes and scrapes: counted in the metrics, not written to the access log.
 QUIET_ROUTES = frozenset({"/health/live", "/health", "/metrics"})
 
 _encode = msgspec.json.Encoder().encode
 
 
-def error_body(request: web.Request, status: int, message: str) -> bytes:
+def error_body(request: web.BaseRequest, status: int, message: str) -> bytes:
     if request.path.startswith("/v1/"):
         kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
         return _encode({"error": {"message": message, "type": kind, "param": None,
@@ -67,14 +72,30 @@ def error_body(request: web.Request, status: int, message: str) -> bytes:
     return _encode({"error": message})
 
 
-def error_response(request: web.Request, status: int, message: str,
+def error_response(request: web.BaseRequest, status: int, message: str,
                    headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=error_body(request, status, message),
                         content_type="application/json", charset="utf-8", headers=headers)
 
 
-def origin_allowed(origin: str, extra: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(origin, pattern) for pattern in (*DEFAULT_ORIGINS, *extra))
+def as_error(exc: web.HTTPException) -> VllamaError:
+    """aiohttp's own refusals (no route, wrong method, body too large, a bad Expect) as the
+    errors they are, with Go's texts for the routing ones (Ollama's words, in JSON)."""
+    if exc.status == 404:
+        return NotFound("404 page not found")
+    if exc.status == 405:
+        return MethodNotAllowed("405 method not allowed")
+    if exc.status == 413:
+        return PayloadTooLarge(f"request body too large: {exc.text}")
+    return VllamaError(exc.text or exc.reason, status=exc.status)
+
+
+def payload_problem(exc: BaseException) -> str:
+    """What aiohttp's parser said about a body, without its status prefix."""
+    cause = exc.__cause__
+    if isinstance(cause, HttpProcessingError):
+        return cause.message.strip()
+    return str(exc).strip()
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
@@ -102,12 +123,7 @@ async def edges(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics.in_flight += 1
     status = 500
     try:
-        origin = request.headers.get("Origin")
-        if origin:
-            request[CORS_OK] = origin_allowed(origin, services.config.cors_origins)
-        if request.method == "OPTIONS" and origin:
-            return _preflight(request)
-        response = await _mapped(request, handler, services.config.api_key)
+        response = await _mapped(request, handler, services.config)
         status = response.status
         return response
     finally:
@@ -121,10 +137,12 @@ async def edges(request: web.Request, handler: Handler) -> web.StreamResponse:
         if prompt or completion:
             metrics.count_tokens(model, prompt, completion)
         # The level is checked first so a filtered access log costs nothing per request
-        # (not even building its fields).
+        # (not even building its fields). The path is logged as sent (still percent-encoded),
+        # so what a client put there cannot become a line break in the log.
         if route not in QUIET_ROUTES and access.isEnabledFor(logging.INFO):
             access.info(
-                "%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
+                "%s %s %d %.1fms", request.method, request.rel_url.raw_path, status,
+                elapsed * 1000,
                 extra={"component": "gateway", "status": status, "model": model,
                        "latency_ms": round(elapsed * 1000, 1), "prompt_tokens": prompt,
                        "completion_tokens": completion},
@@ -137,9 +155,7 @@ def _route_name(request: web.Request) -> str:
     return info.canonical if info is not None else "unmatched"
 
 
-def _preflight(request: web.Request) -> web.Response:
-    if not request.get(CORS_OK):
-        return web.Response(status=403)
+def _preflight() -> web.Response:
     return web.Response(status=204, headers={
         "Access-Control-Allow-Methods": ALLOWED_METHODS,
         "Access-Control-Allow-Headers": ALLOWED_HEADERS,
@@ -147,34 +163,38 @@ def _preflight(request: web.Request) -> web.Response:
     })
 
 
-def _check_key(request: web.Request, key: str) -> None:
-    if not key or request.path in OPEN_PATHS:
-        return
+def authorized(request: web.BaseRequest, key: str) -> bool:
+    """Whether the request carries the API key (always, when none is set)."""
+    if not key:
+        return True
     header = request.headers.get("Authorization", "")
     given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    if not hmac.compare_digest(given.encode(), key.encode()):
-        raise Unauthorized("unauthorized: send the API key as 'Authorization: Bearer <key>'")
+    # A header that is not UTF-8 arrives with surrogates (aiohttp's surrogateescape):
+    # surrogatepass turns any str into bytes, so such a header is just a wrong key.
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), key.encode())
 
 
-async def _mapped(request: web.Request, handler: Handler, key: str) -> web.StreamResponse:
+async def _mapped(request: web.Request, handler: Handler, config: Config) -> web.StreamResponse:
     try:
-        _check_key(request, key)
+        origin = request.headers.get("Origin", "")
+        request[CORS_OK] = guard.check(config, request.headers.get("Host", ""), origin)
+        if request.method == "OPTIONS" and request[CORS_OK]:
+            return _preflight()
+        if request.path not in OPEN_PATHS and not authorized(request, config.api_key):
+            raise Unauthorized("unauthorized: send the API key as 'Authorization: Bearer <key>'")
         return await handler(request)
     except VllamaError as exc:
         return error_response(request, exc.status, exc.message, exc.headers)
-    except web.HTTPNotFound:
-        return web.Response(status=404, text="404 page not found")
-    except web.HTTPMethodNotAllowed:
-        return web.Response(status=405, text="405 method not allowed")
-    except web.HTTPRequestEntityTooLarge as exc:
-        too_large = PayloadTooLarge(f"request body too large: {exc.text}")
-        return error_response(request, too_large.status, too_large.message)
+    except web.RequestPayloadError as exc:  # a body aiohttp cannot decode (gzip, chunks)
+        bad = BadRequest(f"invalid request body: {payload_problem(exc)}")
+        return error_response(request, bad.status, bad.message)
     except web.HTTPException as exc:
-        if exc.status >= 400:
-            return error_response(request, exc.status, exc.reason)
-        raise
+        if exc.status < 400:
+            raise
+        error = as_error(exc)
+        return error_response(request, error.status, error.message)
     except (ConnectionResetError, TimeoutError):
         raise
     except Exception as exc:
-        logger.exception("unhandled error on %s %s", request.method, request.path)
+        logger.exception("unhandled error on %s %s", request.method, request.rel_url.raw_path)
         return error_response(request, 500, f"internal error: {exc}")

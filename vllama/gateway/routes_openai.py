@@ -12,6 +12,7 @@ from aiohttp import web
 from vllama.errors import BadRequest, EngineDied, NotFound
 from vllama.gateway.keys import REQUEST_ID, SERVICES
 from vllama.gateway.targets import Target, api_url, leased, route
+from vllama.translate.gojson import go_depth_error
 from vllama.upstream import post
 
 _encode = msgspec.json.Encoder().encode
@@ -29,6 +30,9 @@ _DROP = frozenset({"content-length", "transfer-encoding", "connection", "keep-al
 
 
 async def _target(request: web.Request, body: bytes) -> tuple[Target, bytes]:
+    too_deep = go_depth_error(body)  # before msgspec, which would exhaust the stack
+    if too_deep is not None:
+        raise BadRequest(f"invalid request body: {too_deep}")
     try:
         requested = _decode_model(body).model if body else ""
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -5,7 +5,6 @@ few members and nothing else (and tests can hand it small real objects)."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
-from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from vllama.config import ModelConfig
@@ -45,8 +44,9 @@ class SupervisorView(Protocol):
 class SchedulerView(Protocol):
     """The scheduler (vllama.scheduler.Scheduler): leases on models, unloads, what is loaded."""
 
-    def lease(self, model: ModelConfig, keep_alive: float | None = None
-              ) -> AbstractAsyncContextManager[Lease]: ...
+    async def acquire(self, model: ModelConfig, keep_alive: float | None = None) -> Lease: ...
+
+    def release(self, lease: Lease) -> None: ...
 
     async def unload(self, key: str, reason: str = "asked") -> bool: ...
 
@@ -58,6 +58,9 @@ class SchedulerView(Protocol):
     @property
     def ready(self) -> bool:
         """Every model that must stay loaded (preloaded, pinned) serves."""
+
+    def unready_reasons(self) -> list[str]:
+        """Why not ready (empty when ready)."""
 
 
 class GpuView(Protocol):

@@ -12,10 +12,10 @@ scheduler's (`leased`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -23,7 +23,7 @@ from aiohttp import web
 from vllama.config import Config, ModelConfig
 from vllama.errors import Unavailable
 from vllama.gateway.keys import MODEL, SERVICES
-from vllama.gateway.seams import StoreView
+from vllama.gateway.seams import SchedulerView, StoreView
 from vllama.models import facts
 from vllama.models.facts import ModelFiles
 from vllama.models.names import InvalidName
@@ -183,27 +183,52 @@ async def route(request: web.Request, endpoint: Endpoint, name: str
     return target, overrides
 
 
-@contextlib.asynccontextmanager
-async def leased(request: web.Request, target: Target, keep_alive: float | None = None
-                 ) -> AsyncIterator[str]:
-    """Hold the model loaded for the life of a request (loading it first if needed); yields
-    its OpenAI base URL. A remote upstream needs no lease."""
-    async with engine_lease(request, target, keep_alive) as lease:
-        yield lease.base_url
+class _Held:
+    """Hold the model loaded for the life of a request, loading it first if needed; a remote
+    upstream needs no lease. (A class, not a generator-based context manager: it runs on
+    every request.)"""
+
+    __slots__ = ("_keep_alive", "_lease", "_request", "_scheduler", "_target")
+
+    def __init__(self, request: web.Request, target: Target,
+                 keep_alive: float | None = None) -> None:
+        self._request, self._target, self._keep_alive = request, target, keep_alive
+        self._scheduler: SchedulerView | None = None
+        self._lease: Lease | None = None
+
+    async def _acquire(self) -> Lease:
+        model = self._target.model
+        if not model.is_local:
+            return Lease("", model.upstream.rstrip("/"))
+        scheduler = self._scheduler = self._request.app[SERVICES].scheduler
+        if scheduler is None:
+            raise Unavailable(f"model '{model.name}' is not running: vllama runs no engines "
+                              "here")
+        self._lease = await scheduler.acquire(model, self._keep_alive)
+        return self._lease
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._scheduler is not None and self._lease is not None:
+            self._scheduler.release(self._lease)
 
 
-@contextlib.asynccontextmanager
-async def engine_lease(request: web.Request, target: Target, keep_alive: float | None = None
-                       ) -> AsyncIterator[Lease]:
-    """`leased`, yielding the whole lease: the base URL and the engine's context."""
-    if not target.model.is_local:
-        yield Lease("", target.model.upstream.rstrip("/"))
-        return
-    scheduler = request.app[SERVICES].scheduler
-    if scheduler is None:
-        raise Unavailable(f"model '{target.name}' is not running: vllama runs no engines here")
-    async with scheduler.lease(target.model, keep_alive) as lease:
-        yield lease
+class leased(_Held):
+    """`async with leased(request, target) as base_url`: the model's OpenAI base URL."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> str:
+        return (await self._acquire()).base_url
+
+
+class engine_lease(_Held):
+    """`async with engine_lease(request, target) as lease`: the whole lease, with the
+    engine's context (`engine_context`)."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> Lease:
+        return await self._acquire()
 
 
 async def engine_context(target: Target, lease: Lease) -> int:

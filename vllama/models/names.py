@@ -15,6 +15,7 @@ Names compare the way Ollama compares them: case-insensitively, with `:latest` i
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -147,8 +148,11 @@ def full_name(name: str) -> str:
     return parse_name(name).full()
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize(name: str) -> str:
-    """The key names are compared by (Ollama compares with EqualFold, `:latest` implied)."""
+    """The key names are compared by (Ollama compares with EqualFold, `:latest` implied).
+    Pure and asked on every request, so its answers are kept (bounded: a client inventing
+    names evicts only cache entries)."""
     return display_name(name).lower()
 
 
@@ -196,14 +200,17 @@ class ServedIndex:
 
     def __init__(self, models: Iterable[ModelConfig]) -> None:
         self.models = tuple(models)
+        self.exact = {m.name: m for m in self.models}  # the name as configured: no parsing
         self.by_name = {normalize(m.name): m for m in self.models}
+        self.resolved = {m.name: Resolved(display_name(m.name), m.source, "served", m)
+                         for m in self.models}
         self.by_source: dict[str, ModelConfig] = {}
         for m in self.models:
             if m.source:
                 self.by_source.setdefault(m.source.rstrip("/").lower(), m)
 
     def named(self, name: str) -> ModelConfig | None:
-        return self.by_name.get(normalize(name))
+        return self.exact.get(name) or self.by_name.get(normalize(name))
 
     def serving(self, source: str) -> ModelConfig | None:
         """The configured model whose source is `source`, or whose name `source` is (an alias
@@ -212,13 +219,15 @@ class ServedIndex:
 
 
 def resolve_served(name: str, served: ServedIndex) -> Resolved | None:
-    """The first step of `resolve`, which needs no I/O: a configured model's own name."""
+    """The first step of `resolve`, which needs no I/O: a configured model's own name. Asked
+    on every request: the name exactly as configured is one dict lookup."""
+    hit = served.resolved.get(name)
+    if hit is not None:
+        return hit
     if _unsafe(name):
         raise InvalidName(name)
     model = served.named(name)
-    if model is None:
-        return None
-    return Resolved(display_name(model.name), model.source, "served", model)
+    return served.resolved[model.name] if model is not None else None
 
 
 def _alias_lookup(table: Mapping[str, str], key: str) -> tuple[str, str] | None:

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -628,13 +629,13 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def _start(self, coro: Awaitable[None]) -> None:
+    def _start(self, coro: Coroutine[object, object, None]) -> None:
         if self._closed:
-            close = getattr(coro, "close", None)
-            if close is not None:
-                close()
+            coro.close()
             return
-        task = asyncio.ensure_future(coro)
+        # A fresh context: a load a request started must not carry that request's id into
+        # the engine's log lines for the rest of its life.
+        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

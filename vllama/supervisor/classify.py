@@ -29,6 +29,15 @@ class Classification(msgspec.Struct, frozen=True):
 
 # Substring -> hint, checked newest line first so the root cause nearest the end wins.
 _CONFIG_PATTERNS: tuple[tuple[str, str], ...] = (
+    (
+        "is greater than the derived max_model_len",
+        "--max-model-len is longer than the model's own context: lower it",
+    ),
+    (
+        "validation error for",
+        "vLLM refused the engine's settings (a flag value, or the model's config.json): see "
+        "the last log lines and fix vllm_args",
+    ),
     ("unrecognized arguments", "vLLM rejected a flag: fix vllm_args (see `vllm serve --help`)"),
     ("error: argument", "vLLM rejected a flag value: fix vllm_args (see `vllm serve --help`)"),
     (

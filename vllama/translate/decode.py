@@ -16,6 +16,7 @@ from vllama.errors import BadRequest
 from vllama.translate.gojson import (
     GoSyntaxError,
     go_b64_error_offset,
+    go_depth_error,
     go_scan,
     go_type_error,
     is_blank,
@@ -55,6 +56,9 @@ _DECODERS: dict[type, msgspec.json.Decoder[Any]] = {
 
 def decode_body(cls: type[T], body: bytes) -> T:
     """Decode `body` into `cls` or raise BadRequest with Go's json.Decoder text."""
+    too_deep = go_depth_error(body)  # before msgspec, which would exhaust the stack
+    if too_deep is not None:
+        raise BadRequest(too_deep)
     dec = _DECODERS[cls]
     try:
         return dec.decode(body)  # type: ignore[no-any-return]

@@ -110,10 +110,40 @@ class GoSyntaxError(Exception):
     pass
 
 
+# How deep JSON may nest. Go allows 10,000; here both msgspec and this scanner recurse on the C
+# and Python stacks, whose limit (1,000 frames) a 2 KB body could otherwise exhaust. Real
+# requests (JSON Schemas in `format`, tool parameters) stay far below this.
+MAX_DEPTH = 256
+# A JSON string (skipped whole, escapes included) or a bracket.
+_NESTING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def _too_deep(c: int) -> GoSyntaxError:
+    return GoSyntaxError(f"invalid character {go_quote_char(c)} exceeded max depth")
+
+
+def go_depth_error(data: bytes) -> str | None:
+    """Go's text for JSON nested deeper than MAX_DEPTH, else None. Cheap for ordinary bodies:
+    the brackets are counted in C, and walked only when there are more than MAX_DEPTH."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return None
+    depth = 0
+    for match in _NESTING.finditer(data):
+        c = match.group()[0]
+        if c in b"[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return str(_too_deep(c))
+        elif c != 0x22:
+            depth -= 1
+    return None
+
+
 class _Scanner:
     def __init__(self, data: bytes) -> None:
         self.d = data
         self.n = len(data)
+        self.depth = 0
 
     def err(self, i: int, ctx: str) -> GoSyntaxError:
         if i >= self.n:
@@ -132,10 +162,13 @@ class _Scanner:
         if i >= n:
             raise GoSyntaxError("unexpected EOF")
         c = d[i]
-        if c == 0x7B:  # {
-            return self.obj(i + 1)
-        if c == 0x5B:  # [
-            return self.arr(i + 1)
+        if c in b"{[":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise _too_deep(c)
+            end = self.obj(i + 1) if c == 0x7B else self.arr(i + 1)
+            self.depth -= 1
+            return end
         if c == 0x22:
             return self.string(i + 1)
         if c == 0x2D or 0x30 <= c <= 0x39:
