@@ -77,21 +77,31 @@ async def test_tools_work_with_vllamas_defaults(make_bed: MakeBed, aiohttp_clien
 
 async def test_completions_get_the_running_engines_context(make_bed: MakeBed,
                                                             aiohttp_client: Any) -> None:
-    # The model's own context is 2048; its engine runs with 1000, which only the engine's
-    # /v1/models tells. The fake, like vLLM, stops a completion without max_tokens at 16.
-    bed = await make_bed("a", model_args={"a": ("--max-model-len", "1000",
+    # The model's config says 2048 and so does the placement's --max-model-len; the engine
+    # runs with 700, which only its /v1/models tells (and the fake, like vLLM, refuses a
+    # max_tokens above it). Without max_tokens the fake stops a completion at 16 tokens.
+    bed = await make_bed("a", model_args={"a": ("--fake-max-model-len", "700",
                                                 "--fake-tokens", "40")})
     client: Client = await aiohttp_client(bed.gateway())
     status, doc = await _post(client, "/api/generate", {"model": "a", "prompt": "x",
                                                         "raw": True, "stream": False})
     assert status == 200 and doc["eval_count"] == 40, doc
     async with bed.scheduler.lease(bed.model("a")) as lease:
-        assert lease.max_model_len == 1000
+        assert lease.max_model_len == 700
     async with asyncio.timeout(WAIT), aiohttp.ClientSession() as session:
         info = await bed.info("a", session)
+    assert info["max_model_len"] == 2048  # what the flags said
     assert info["requests"][-1] == {"path": "/v1/completions", "body": {
         "model": "a", "prompt": "x", "stream": True,
-        "stream_options": {"include_usage": True}, "max_tokens": 1000}}
+        "stream_options": {"include_usage": True}, "max_tokens": 700}}
+    # a num_predict beyond the engine's context is clamped to it, not refused
+    status, doc = await _post(client, "/api/generate", {
+        "model": "a", "prompt": "x", "raw": True, "stream": False,
+        "options": {"num_predict": 5000}})
+    assert status == 200, doc
+    async with asyncio.timeout(WAIT), aiohttp.ClientSession() as session:
+        info = await bed.info("a", session)
+    assert info["requests"][-1]["body"]["max_tokens"] == 700
 
 
 async def test_copies_are_names_for_the_same_engine(make_bed: MakeBed, aiohttp_client: Any,

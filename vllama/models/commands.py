@@ -479,7 +479,7 @@ def cmd_rm(ctx: CliContext, names: Sequence[str], *, json_mode: bool = False,
 def cmd_cp(ctx: CliContext, source: str, destination: str, *, json_mode: bool = False,
            quiet: bool = False) -> int:
     try:
-        ctx.store.cp(source, destination)
+        ctx.store.cp(source, destination, allow_paths=True)
     except VllamaError as exc:
         return _error(ctx, exc)
     if json_mode:

@@ -372,9 +372,12 @@ class ModelStore:
         shutil.rmtree(repo_dir)
         return freed
 
-    def cp(self, source: str, destination: str) -> None:
+    def cp(self, source: str, destination: str, *, allow_paths: bool = False) -> None:
+        """`destination` becomes another name for `source`'s model. allow_paths: `source`
+        may be an absolute model directory (the CLI; never the API, whose clients must not
+        name directories on the server)."""
         aliases = self._alias_store()
-        found = self.find(source)
+        found = self.find(source, allow_paths=allow_paths)
         if found is None:
             raise NotFound(f'model "{source}" not found')
         if not parse_name(destination).valid:
