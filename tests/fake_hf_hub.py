@@ -6,7 +6,7 @@ Speaks:
   (`?blobs=true` adds size, blobId and lfs {size, sha256, pointerSize});
 - `HEAD|GET /{org}/{name}/resolve/{rev}/{path}` -> the file with `ETag`, `X-Repo-Commit`,
   `Content-Length` (and `X-Linked-Etag`/`X-Linked-Size` for LFS files), honouring
-  `Range: bytes=N-` with 206 + `Content-Range`;
+  `Range: bytes=N-` and `bytes=N-M` with 206 + `Content-Range`;
 - the hub's error headers: 404 `X-Error-Code: RepoNotFound` / `EntryNotFound` /
   `RevisionNotFound`, and for a gated repo 401 (no token) or 403 (a token without access) with
   `X-Error-Code: GatedRepo`.
@@ -187,13 +187,16 @@ async def resolve(request: web.Request) -> web.StreamResponse:
     failures = script.fail_get.get(path)
     if failures:
         return _error(failures.pop(0), "", "scripted failure")
-    start = 0
+    start, end = 0, len(data)
     rng = request.headers.get("Range")
     if rng is not None:
         state.range_requests.append((path, rng))
-        start = int(rng.removeprefix("bytes=").split("-")[0])
-        headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-    body = data[start:]
+        first, _, last = rng.removeprefix("bytes=").partition("-")
+        start = int(first)
+        # `bytes=N-M` is inclusive (huggingface_hub reads safetensors headers that way).
+        end = min(int(last) + 1, len(data)) if last else len(data)
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+    body = data[start:end]
     headers["Content-Length"] = str(len(body))
     response = web.StreamResponse(status=206 if rng is not None else 200, headers=headers)
     await response.prepare(request)

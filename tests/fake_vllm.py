@@ -138,6 +138,10 @@ def _validate(script: FakeScript, body: dict[str, Any], chat: bool) -> web.Respo
         )
     if (err := check_model(script, body)) is not None:
         return err
+    if chat and body.get("tools") and choice in (None, "auto") and script.auto_tools is False:
+        # vLLM's renderer: "auto" is the default tool_choice of a request with tools.
+        return error_response('"auto" tool choice requires --enable-auto-tool-choice and '
+                              "--tool-call-parser to be set")
     max_tokens, param = _max_tokens(body, chat)
     if max_tokens is not None and max_tokens > script.max_model_len:
         return error_response(

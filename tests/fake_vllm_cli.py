@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-utilization", type=float)
     p.add_argument("--kv-cache-memory-bytes", type=_human_int)
     p.add_argument("--tensor-parallel-size", type=int)
+    p.add_argument("--enable-auto-tool-choice", action="store_true")
+    p.add_argument("--tool-call-parser")
+    p.add_argument("--reasoning-parser")
     f = p.add_argument
     f("--fake-startup-delay", type=float, default=_env("STARTUP_DELAY", float, 0.0))
     f("--fake-fail-at-start", choices=FAIL_KINDS, default=_env("FAIL_AT_START", str, None))
@@ -117,7 +120,11 @@ def script_from(opts: argparse.Namespace, model: str) -> fake.FakeScript:
         api_key=opts.api_key or os.environ.get("VLLM_API_KEY") or None,
         dev_mode=os.environ.get("VLLM_SERVER_DEV_MODE") == "1",
         sleep_mode=opts.enable_sleep_mode,
-        launch={"gpu_memory_utilization": opts.gpu_memory_utilization,
+        auto_tools=opts.enable_auto_tool_choice and bool(opts.tool_call_parser),
+        launch={"enable_auto_tool_choice": opts.enable_auto_tool_choice,
+                "tool_call_parser": opts.tool_call_parser,
+                "reasoning_parser": opts.reasoning_parser,
+                "gpu_memory_utilization": opts.gpu_memory_utilization,
                 "kv_cache_memory_bytes": opts.kv_cache_memory_bytes,
                 "tensor_parallel_size": opts.tensor_parallel_size,
                 "max_model_len": opts.max_model_len,

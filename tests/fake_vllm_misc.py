@@ -187,6 +187,9 @@ async def fake_wedge(request: web.Request) -> web.StreamResponse:
 
 
 async def fake_info(request: web.Request) -> web.StreamResponse:
-    """Not vLLM's: how this fake was started, so tests can check a placement."""
+    """Not vLLM's: how this fake was started, so tests can check a placement, and the bodies
+    of the generate requests it was sent (what vllama forwarded)."""
     script = request.app[FAKE_SCRIPT]
-    return json_response({**script.launch, "sleeping": script.sleeping})
+    sent = [{"path": r.path, "body": r.body} for r in request.app[FAKE_STATE].requests
+            if r.path in ("/v1/chat/completions", "/v1/completions")]
+    return json_response({**script.launch, "sleeping": script.sleeping, "requests": sent})

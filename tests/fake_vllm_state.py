@@ -36,6 +36,9 @@ class FakeScript:
     fail_status: int | None = None  # answer generate requests with this HTTP error
     reasoning: bool = False  # emit delta.reasoning before content (a reasoning parser)
     tool_call: bool = False  # answer requests carrying tools with a streamed tool call
+    # Whether the engine runs with `--enable-auto-tool-choice --tool-call-parser X`: without
+    # them vLLM answers a chat carrying tools with a 400. None: not checked (in-process fakes).
+    auto_tools: bool | None = None
     embedding_dim: int = 8
     runner: Literal["generate", "pooling"] = "generate"
     api_key: str | None = None  # like VLLM_API_KEY: required as a Bearer token on /v1/*

@@ -287,7 +287,7 @@ def _config(arch: str, ids: dict[str, int]) -> dict[str, Any]:
     return cfg
 
 
-def _tokenizer_config(ids: dict[str, int]) -> dict[str, Any]:
+def _tokenizer_config(ids: dict[str, int], chat_template: str) -> dict[str, Any]:
     added = {
         str(ids[t]): {
             "content": t, "lstrip": False, "normalized": False, "rstrip": False,
@@ -306,7 +306,7 @@ def _tokenizer_config(ids: dict[str, int]) -> dict[str, Any]:
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": MAX_POSITIONS,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": chat_template,
     }
 
 
@@ -314,8 +314,11 @@ def _dump(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def generate(outdir: Path, *, arch: str = "llama", seed: int = 0) -> Path:
-    """Write the tiny model into `outdir` (created if needed) and return it."""
+def generate(outdir: Path, *, arch: str = "llama", seed: int = 0,
+             chat_template: str = CHAT_TEMPLATE) -> Path:
+    """Write the tiny model into `outdir` (created if needed) and return it. `chat_template`
+    replaces the built-in ChatML one (a real model's, to test what vllama derives from it);
+    it may use the ChatML markers, which the tokenizer has as special tokens."""
     if arch not in ARCHES:
         raise ValueError(f"arch must be one of {ARCHES}, not {arch!r}")
     outdir.mkdir(parents=True, exist_ok=True)
@@ -326,8 +329,8 @@ def generate(outdir: Path, *, arch: str = "llama", seed: int = 0) -> Path:
         assert idx is not None, t  # the trainer adds every special token
         ids[t] = idx
     tok.save(str(outdir / "tokenizer.json"))
-    _dump(outdir / "tokenizer_config.json", _tokenizer_config(ids))
-    (outdir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    _dump(outdir / "tokenizer_config.json", _tokenizer_config(ids, chat_template))
+    (outdir / "chat_template.jinja").write_text(chat_template)
     _dump(
         outdir / "special_tokens_map.json",
         {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD,

@@ -33,7 +33,6 @@ import tempfile
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,7 +44,6 @@ from vllama.errors import ConfigError
 from vllama.gateway.app import make_app
 from vllama.gateway.keys import METRICS, Services
 from vllama.gateway.metrics import LifecycleMetrics, Metrics, gauge
-from vllama.gateway.seams import StoreView
 from vllama.gateway.server import setup_runner_and_site
 from vllama.gateway.targets import ROUTER
 from vllama.gpu import GpuMonitor, GpuSnapshot, import_nvml
@@ -53,7 +51,7 @@ from vllama.models import facts
 from vllama.models.pulls import Pulls
 from vllama.models.store import ModelStore
 from vllama.scheduler.capacity import Capacity
-from vllama.scheduler.engines import EnginePost, SupervisedEngines
+from vllama.scheduler.engines import EngineGet, EnginePost, SupervisedEngines
 from vllama.scheduler.scheduler import Policy, Scheduler
 from vllama.scheduler.state import SchedulerEvent, Slot
 from vllama.supervisor import (
@@ -125,10 +123,19 @@ def engine_post(session: aiohttp.ClientSession) -> EnginePost:
     return post
 
 
-def _snapshot(store: ModelStore | StoreView, model: ModelConfig) -> Path | None:
-    """The cache snapshot a repo model is served from, if it is pulled."""
-    found = store.find(model.name)
-    return found.path if found is not None else None
+def engine_get(session: aiohttp.ClientSession) -> EngineGet:
+    """GETs of an engine's OpenAI routes (`/v1/models`), with the engines' key."""
+
+    async def get(port: int, path: str, api_key: str) -> bytes | None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        try:
+            async with session.get(f"http://127.0.0.1:{port}{path}", headers=headers) as resp:
+                body = await resp.read()
+                return body if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    return get
 
 
 def engine_specs(cfg: Config, engine_key: str) -> list[EngineSpec]:
@@ -140,7 +147,8 @@ def engine_specs(cfg: Config, engine_key: str) -> list[EngineSpec]:
             continue
         spec = EngineSpec(name=model.name, source=model.source,
                           vllm_command=tuple(cfg.vllm_argv),
-                          vllm_args=facts.engine_args(model, cfg.vllm_args), api_key=engine_key)
+                          vllm_args=facts.configured_args(model, cfg.vllm_args),
+                          api_key=engine_key)
         try:
             check_extra_args(spec.vllm_args)
         except ConfigError as exc:
@@ -435,7 +443,9 @@ async def _start(stack: contextlib.AsyncExitStack, loaded: Loaded,
     engines = SupervisedEngines(supervisor, vllm_command=cfg.vllm_argv,
                                 common_args=cfg.vllm_args, engine_key=engine_key,
                                 post=engine_post(probe_session),
-                                local_dir=lambda m: _snapshot(services.store, m))
+                                get=engine_get(probe_session),
+                                # services.store, not store: a reload swaps it
+                                files=lambda m: services.store.model_files(m))  # noqa: PLW0108
     planner = Capacity(cfg, store, hw, gpu_snapshot=lambda: gpu.snapshot)
     scheduler = Scheduler(engines, planner, scheduler_policy(cfg, hw.on_gpu))
     stack.push_async_callback(scheduler.close)

@@ -64,7 +64,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         ports = {}
-        for name, extra in (("fake", []), ("fake-embed", ["--fake-runner", "pooling"])):
+        # Like vLLM, the fake answers tools with a 400 unless it runs with a tool parser.
+        tools = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+        for name, extra in (("fake", tools), ("fake-embed", ["--fake-runner", "pooling"])):
             port = ports[name] = free_port()
             log = tmp / f"{name}.log"
             procs.append(spawn([sys.executable, "-m", "tests.fake_vllm", "serve", name,

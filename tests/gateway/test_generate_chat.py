@@ -77,7 +77,30 @@ async def test_generate_stream_and_raw(make_bed: MakeBed) -> None:
         "model": "fake", "prompt": "raw text", "raw": True, "options": {"num_predict": -1}})
     assert status == 200
     raw = bed.state.bodies("/v1/completions")[-1]
-    assert raw["prompt"] == "raw text" and raw["max_tokens"] is None
+    # "until stop or the context ends": the upstream's max_model_len (null would be 16)
+    assert raw["prompt"] == "raw text" and raw["max_tokens"] == 2048
+
+
+async def test_raw_and_suffix_without_num_predict_run_past_16_tokens(make_bed: MakeBed
+                                                                     ) -> None:
+    # vLLM's /v1/completions stops at 16 tokens unless told max_tokens (the fake does too):
+    # vllama reads the upstream's max_model_len from its /v1/models, once.
+    bed = await make_bed(FakeScript(served_names=["fake"], tokens=40, max_model_len=1000),
+                         fim_template="<pre>{prompt}<suf>{suffix}<mid>")
+    for body in ({"prompt": "raw text", "raw": True}, {"prompt": "def f(", "suffix": "}"},
+                 {"prompt": "raw", "raw": True, "options": {"num_predict": 0}}):
+        resp = await bed.post("/api/generate", {"model": "fake", "stream": False, **body})
+        doc = await resp.json()
+        assert resp.status == 200 and doc["eval_count"] == 40, doc
+        assert doc["done_reason"] == "stop"
+        assert bed.state.bodies("/v1/completions")[-1]["max_tokens"] == 1000
+    models = [r for r in bed.state.requests if r.path == "/v1/models"]
+    assert len(models) == 1
+    # more than the context is vLLM's 400; clamped, it runs until the context ends
+    resp = await bed.post("/api/generate", {"model": "fake", "prompt": "x", "raw": True,
+                                            "stream": False, "options": {"num_predict": 5000}})
+    assert resp.status == 200
+    assert bed.state.bodies("/v1/completions")[-1]["max_tokens"] == 1000
 
 
 async def test_load_and_unload_replies(make_bed: MakeBed) -> None:

@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -269,3 +270,15 @@ def test_context_from_config(tmp_path: Path) -> None:
     assert store.cache == tmp_path / "hf" / "hub"
     assert store.state_dir == tmp_path / "state"
     assert (store.token, store.endpoint) == ("hf_x", "http://hub.local:9")
+
+
+async def test_cp_names_a_model_directory_from_the_cli_only(store: ModelStore, tiny_dir: Path,
+                                                            client: Any) -> None:
+    ctx = ctx_for(store)
+    assert commands.cmd_cp(ctx, str(tiny_dir), "mydir") == EXIT_OK
+    found = store.find("mydir")
+    assert found is not None and found.path == tiny_dir
+    assert "mydir:latest" in {m.name for m in store.list_models()}
+    # an API client must not name directories on the server
+    resp = await client.post("/api/copy", json={"source": str(tiny_dir), "destination": "x"})
+    assert resp.status == 400

@@ -12,7 +12,7 @@ import pytest
 from vllama.config import ModelConfig
 from vllama.models import facts
 from vllama.models.facts import ModelFiles
-from vllama.models.weights import estimate_parameters
+from vllama.models.weights import estimate_weights
 
 
 @pytest.mark.parametrize(
@@ -20,7 +20,9 @@ from vllama.models.weights import estimate_parameters
     [
         ((), ["completion"]),
         (("--enable-auto-tool-choice", "--tool-call-parser", "hermes"), ["completion", "tools"]),
-        (("--enable_auto_tool_choice",), ["completion", "tools"]),
+        # auto tool choice without a parser: vLLM would not start, so no tools
+        (("--enable_auto_tool_choice",), ["completion"]),
+        (("--enable_auto_tool_choice", "--tool-call-parser=hermes"), ["completion", "tools"]),
         (("--enable-auto-tool-choice", "--no-enable-auto-tool-choice"), ["completion"]),
         (("--reasoning-parser=qwen3",), ["completion", "thinking"]),
         (("--runner", "pooling"), ["embedding"]),
@@ -64,9 +66,9 @@ QWEN = {"model_type": "qwen2", "hidden_size": 3584, "num_hidden_layers": 28,
 
 
 def _estimated(config: dict[str, object]) -> ModelFiles:
-    return ModelFiles(config=config,
-                      parameter_count=estimate_parameters(config) or 0,
-                      parameters_from="estimate")
+    weights = estimate_weights(config)
+    assert weights is not None
+    return ModelFiles(config=config, weights=weights)
 
 
 def test_model_info() -> None:

@@ -84,3 +84,26 @@ async def test_store_and_served_models_together(aiohttp_client: Any, aiohttp_ser
     assert resp.status == 200 and await resp.read() == b""
     resp = await client.post("/api/push", data=b'{"name": "tiny/llama"}')
     assert resp.status == 400 and "push is not supported" in (await resp.json())["error"]
+
+
+async def test_a_copy_of_a_remote_upstream(aiohttp_client: Any, aiohttp_server: Any,
+                                           store: ModelStore) -> None:
+    fake_app = make_fake(FakeScript(served_names=["remote-model"]))
+    fake = await aiohttp_server(fake_app)
+    cfg = Config(models=(ModelConfig(name="remote", upstream=str(fake.make_url("/v1")),
+                                     upstream_model="remote-model"),))
+    served = ModelStore(store.cache, store.state_dir, models=cfg.models)
+    client: Client = await aiohttp_client(make_app(Services(config=cfg, store=served)))
+    resp = await client.post("/api/copy", json={"source": "remote", "destination": "r2"})
+    assert resp.status == 200, await resp.text()
+    names = {m["name"] for m in (await (await client.get("/api/tags")).json())["models"]}
+    assert names == {"remote:latest", "r2:latest"}
+    resp = await client.post("/api/chat", json={
+        "model": "r2", "messages": [{"role": "user", "content": "hi"}], "stream": False})
+    assert resp.status == 200, await resp.text()
+    assert fake_app[FAKE_STATE].bodies("/v1/chat/completions")[-1]["model"] == "remote-model"
+    assert (await client.delete("/api/delete", json={"model": "r2"})).status == 200
+    names = {m["name"] for m in (await (await client.get("/api/tags")).json())["models"]}
+    assert names == {"remote:latest"}
+    resp = await client.delete("/api/delete", json={"model": "remote"})
+    assert resp.status == 400 and "config" in (await resp.json())["error"]

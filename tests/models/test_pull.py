@@ -64,8 +64,10 @@ async def test_pull_sharded_model(store: ModelStore, hub: Hub) -> None:
     assert set(listed) == {"tiny/llama-sharded:latest", "house-model:v2"}
     entry = store.tag_entry(listed["tiny/llama-sharded:latest"])
     assert listed["house-model:v2"].digest == entry.digest
-    assert len(entry.digest) == 64 and entry.size == sum(
-        len(repo.files[p.name]) for p in snap.iterdir() if p.is_file())
+    # size: the weights' bytes as their safetensors headers state them (issue 13)
+    weights = sum(len(data) - 8 - int.from_bytes(data[:8], "little")
+                  for data in (repo.files[shard] for shard in SHARDS))
+    assert len(entry.digest) == 64 and entry.size == weights
     assert entry.details.family == "llama" and entry.details.quantization_level == "F32"
     assert entry.details.parameter_size.endswith("K")
 

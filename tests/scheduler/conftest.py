@@ -24,6 +24,7 @@ from aiohttp import web
 from tests.conftest import REPO_ROOT
 from tests.tinymodel import generate
 from vllama.config import Config, ModelConfig
+from vllama.daemon import engine_get
 from vllama.gateway.app import make_app
 from vllama.gateway.keys import Services
 from vllama.gpu import GpuInfo, GpuSnapshot
@@ -111,14 +112,19 @@ async def make_bed(tmp_path: Path, tiny_dir: Path) -> AsyncIterator[MakeBed]:
     async def build(*names: str, budget: int = 400 * MiB, snapshot: GpuSnapshot | None = None,
                     model_args: dict[str, tuple[str, ...]] | None = None,
                     common_args: tuple[str, ...] = ("--kv-cache-memory-bytes", "64M"),
-                    max_loaded: int = 0, sleep: bool = False, **policy: Any) -> Bed:
-        models = {n: ModelConfig(name=n, source=str(tiny_dir),
+                    max_loaded: int = 0, sleep: bool = False,
+                    sources: dict[str, Path] | None = None, state_dir: Path | None = None,
+                    aliases: dict[str, str] | None = None, **policy: Any) -> Bed:
+        """sources: a model's directory other than the tiny model's; state_dir: where
+        aliases made by cp live (None: none); aliases: the config's."""
+        models = {n: ModelConfig(name=n, source=str((sources or {}).get(n, tiny_dir)),
                                  vllm_args=(model_args or {}).get(n, ()))
                   for n in names or ("a", "b", "c")}
         cfg = Config(models=tuple(models.values()), vllm_command=shlex.join(FAKE),
                      vllm_args=common_args, memory_budget=budget, engine_overhead=100 * MiB,
-                     max_loaded_models=max_loaded)
-        store = ModelStore(None, None, models=cfg.models, common_args=cfg.vllm_args)
+                     max_loaded_models=max_loaded, aliases=aliases or {})
+        store = ModelStore(None, state_dir, models=cfg.models, common_args=cfg.vllm_args,
+                           config_aliases=aliases)
         snap = snapshot or GpuSnapshot(False, "no NVIDIA GPU: test")
         hw = HardwareInfo(gpu_count=len(snap.gpus), gpu_memory_total=80 * GiB,
                           mem_available=20 * GiB, cpus=(0, 1))
@@ -138,7 +144,8 @@ async def make_bed(tmp_path: Path, tiny_dir: Path) -> AsyncIterator[MakeBed]:
 
         supervisor = Supervisor(factory, settings)
         engines = SupervisedEngines(supervisor, vllm_command=FAKE, common_args=cfg.vllm_args,
-                                    engine_key="", post=post)
+                                    engine_key="", post=post, get=engine_get(session),
+                                    files=store.model_files)
         planner = Capacity(cfg, store, hw, gpu_snapshot=lambda: snap,
                            meminfo=lambda: (32 * GiB, 20 * GiB))
         defaults: dict[str, Any] = {"keep_alive": 300.0, "max_queue": 512, "load_timeout": 10.0}

@@ -23,6 +23,7 @@ from vllama.translate import (
     embed_inputs,
     embed_to_openai,
     embeddings_to_openai,
+    fill_max_tokens,
     generate_action,
     generate_to_openai,
     normalize_embeddings,
@@ -93,13 +94,31 @@ def test_chat_options(options: dict[str, Any], expected: dict[str, Any]) -> None
 
 
 @pytest.mark.parametrize(
-    ("n", "max_tokens"), [(None, None), (-1, None), (-2, None), (0, None), (50, 50)]
+    ("n", "engine", "max_tokens"),
+    [
+        # without num_predict: the engine's context (vLLM would stop at 16 tokens)
+        (None, 2048, 2048), (-1, 2048, 2048), (-2, 2048, 2048), (0, 2048, 2048),
+        (50, 2048, 50),
+        (5000, 2048, 2048),  # more than the context is vLLM's 400: clamped
+        (None, 0, None), (50, 0, 50),  # the engine's context unknown: nothing to fill in
+    ],
 )
-def test_completions_always_send_max_tokens(n: int | None, max_tokens: int | None) -> None:
+def test_completions_get_max_tokens_from_the_engine(n: int | None, engine: int,
+                                                    max_tokens: int | None) -> None:
     opts = {} if n is None else {"num_predict": n}
     path, body = generate({"prompt": "x", "raw": True, "options": opts})
     assert path == COMPLETIONS_PATH
-    assert "max_tokens" in body and body["max_tokens"] == max_tokens
+    fill_max_tokens(path, body, engine)
+    assert body.get("max_tokens") == max_tokens
+
+
+@pytest.mark.parametrize(("n", "max_tokens"), [(None, None), (-1, None), (50, 50),
+                                               (5000, 2048)])
+def test_chat_max_tokens_only_when_asked(n: int | None, max_tokens: int | None) -> None:
+    body = chat({"messages": [{"role": "user"}],
+                 "options": {} if n is None else {"num_predict": n}})
+    fill_max_tokens(CHAT_PATH, body, 2048)
+    assert body.get("max_tokens") == max_tokens
 
 
 def test_bad_option_type_is_500() -> None:
@@ -191,6 +210,9 @@ def test_tools_forwarded_raw_when_non_empty() -> None:
                            "reasoning_effort": "high"}),
         ("low", ModelCaps(thinking=True, think_kwarg="thinking"),
          {"chat_template_kwargs": {"thinking": True}, "reasoning_effort": "low"}),
+        # a template that always thinks has no switch: nothing to send it
+        (False, ModelCaps(thinking=True, think_kwarg=None), {}),
+        ("high", ModelCaps(thinking=True, think_kwarg=None), {"reasoning_effort": "high"}),
         (None, PLAIN, {}),
         (False, PLAIN, {}),
     ],
@@ -240,7 +262,7 @@ def test_generate_raw() -> None:
                           ModelCaps(thinking=True))
     assert path == COMPLETIONS_PATH
     assert body == {"model": "up/m", "prompt": "<s>hi", "stream": True,
-                    "stream_options": {"include_usage": True}, "max_tokens": None}
+                    "stream_options": {"include_usage": True}}
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from vllama.errors import EngineDied, VllamaError
 from vllama.gateway.keys import METRICS, MODEL, REQUEST_ID, SERVICES, TOKENS
-from vllama.gateway.targets import Target, api_url, leased, route
+from vllama.gateway.targets import Target, api_url, engine_context, engine_lease, leased, route
 from vllama.models.store import Overrides
 from vllama.translate import replies
 from vllama.translate import request as to_openai
@@ -80,8 +80,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
                             created_at=target.created_at,
                             think=think, stream=req.stream is not False,
                             logprobs=bool(req.logprobs))
-    async with leased(request, target, req.keep_alive) as base:
-        return await _run_stream(request, target, api_url(base, path), body, acc)
+    async with engine_lease(request, target, req.keep_alive) as lease:
+        to_openai.fill_max_tokens(path, body, await engine_context(target, lease))
+        return await _run_stream(request, target, api_url(lease.base_url, path), body, acc)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -103,9 +104,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
                             created_at=target.created_at,
                             think=think, stream=req.stream is not False,
                             has_tools=bool(req.tools), logprobs=bool(req.logprobs))
-    async with leased(request, target, req.keep_alive) as base:
-        return await _run_stream(request, target, api_url(base, to_openai.CHAT_PATH), body,
-                                 acc)
+    async with engine_lease(request, target, req.keep_alive) as lease:
+        to_openai.fill_max_tokens(to_openai.CHAT_PATH, body, lease.max_model_len)
+        return await _run_stream(request, target, api_url(lease.base_url, to_openai.CHAT_PATH),
+                                 body, acc)
 
 
 async def _load(request: web.Request, target: Target, model: str, keep_alive: float | None,

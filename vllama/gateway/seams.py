@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from vllama.config import ModelConfig
 from vllama.gpu import GpuSnapshot
+from vllama.models.facts import ModelFiles
 from vllama.models.names import Resolved
 from vllama.models.store import LocalModel, Overrides
 from vllama.scheduler.state import Lease, SlotStatus
@@ -79,6 +80,8 @@ class StoreView(Protocol):
     def find(self, name: str, *, allow_paths: bool = False) -> LocalModel | None: ...
 
     def list_models(self) -> list[LocalModel]: ...
+
+    def model_files(self, model: ModelConfig) -> ModelFiles: ...
 
     def tag_entry(self, found: LocalModel) -> ListModel: ...
 

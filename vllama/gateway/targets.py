@@ -33,6 +33,9 @@ from vllama.translate.models import Endpoint, invalid_name, model_required, name
 from vllama.translate.request import ModelCaps
 from vllama.translate.values import CreatedAt
 from vllama.upstream import new_session
+from vllama.wire.openai import served_max_model_len
+
+CONTEXT_READ_TIMEOUT = 10.0  # seconds for a remote upstream's /v1/models
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Target:
     # created_at formatter shared by this target's requests: its per-second cache then
     # survives from one request to the next (a fresh one per request formats every time).
     created_at: CreatedAt = field(default_factory=CreatedAt, repr=False, compare=False)
+    # A remote upstream's max_model_len, read from its /v1/models at first need; 0: not yet.
+    upstream_context: int = 0
 
     @property
     def name(self) -> str:
@@ -90,7 +95,7 @@ class Router:
         if existing is not None:
             return existing
         files = found.files if found is not None else facts.NO_FILES
-        args = facts.engine_args(model, self.config.vllm_args)
+        args = facts.engine_args(files, model, self.config.vllm_args)
         target = Target(model=model, session=self._session_for(model),
                         caps=facts.capabilities(files, model, args),
                         context_length=facts.context_length(files, args), found=found)
@@ -178,10 +183,10 @@ async def route(request: web.Request, endpoint: Endpoint, name: str
     return target, overrides
 
 
-class leased:
-    """Hold the model loaded for the life of a request (loading it first if needed); yields
-    its OpenAI base URL. A remote upstream needs no lease. (A class, not a generator-based
-    context manager: it runs on every request.)"""
+class _Held:
+    """Hold the model loaded for the life of a request, loading it first if needed; a remote
+    upstream needs no lease. (A class, not a generator-based context manager: it runs on
+    every request.)"""
 
     __slots__ = ("_keep_alive", "_lease", "_request", "_scheduler", "_target")
 
@@ -191,20 +196,60 @@ class leased:
         self._scheduler: SchedulerView | None = None
         self._lease: Lease | None = None
 
-    async def __aenter__(self) -> str:
+    async def _acquire(self) -> Lease:
         model = self._target.model
         if not model.is_local:
-            return model.upstream.rstrip("/")
+            return Lease("", model.upstream.rstrip("/"))
         scheduler = self._scheduler = self._request.app[SERVICES].scheduler
         if scheduler is None:
             raise Unavailable(f"model '{model.name}' is not running: vllama runs no engines "
                               "here")
         self._lease = await scheduler.acquire(model, self._keep_alive)
-        return self._lease.base_url
+        return self._lease
 
     async def __aexit__(self, *exc: Any) -> None:
         if self._scheduler is not None and self._lease is not None:
             self._scheduler.release(self._lease)
+
+
+class leased(_Held):
+    """`async with leased(request, target) as base_url`: the model's OpenAI base URL."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> str:
+        return (await self._acquire()).base_url
+
+
+class engine_lease(_Held):
+    """`async with engine_lease(request, target) as lease`: the whole lease, with the
+    engine's context (`engine_context`)."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> Lease:
+        return await self._acquire()
+
+
+async def engine_context(target: Target, lease: Lease) -> int:
+    """The context the engine serving this request runs with: the scheduler read it from
+    the engine's /v1/models when it started; a remote upstream's is read from its own
+    /v1/models once. Where neither answers, what the flags and config.json say."""
+    if lease.max_model_len:
+        return lease.max_model_len
+    if not target.model.is_local and not target.upstream_context:
+        target.upstream_context = await _read_context(target, lease.base_url)
+    return target.upstream_context or target.context_length
+
+
+async def _read_context(target: Target, base_url: str) -> int:
+    try:
+        async with asyncio.timeout(CONTEXT_READ_TIMEOUT), \
+                target.session.get(base_url + "/models") as resp:
+            body = await resp.read() if resp.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return 0  # asked again next time; the fallback serves meanwhile
+    return served_max_model_len(body, target.upstream_model)
 
 
 def api_url(base: str, path: str) -> str:

@@ -24,19 +24,46 @@ from typing import IO, Any
 
 import msgspec
 
-from vllama.config import client_url
-from vllama.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, VllamaError
-from vllama.models.names import InvalidName
-from vllama.models.store import ModelStore
+from vllama.config import Config, ModelConfig, client_url
+from vllama.errors import (
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    BadRequest,
+    NotFound,
+    VllamaError,
+)
+from vllama.gpu import GpuSnapshot, import_nvml, read_snapshot
+from vllama.models import facts
+from vllama.models.facts import ModelFiles
+from vllama.models.names import InvalidName, display_name, repo_id_of
+from vllama.models.store import LocalModel, ModelStore
+from vllama.scheduler.capacity import Capacity, read_meminfo
+from vllama.scheduler.fit import FitAt, FitReport, assess, fit_devices, largest, verdict_text
+from vllama.scheduler.placement import gib
+from vllama.supervisor.hardware import hardware_info
+
+
+def read_gpus() -> GpuSnapshot:
+    """NVML as it reads now (no GPU: a snapshot saying why)."""
+    return read_snapshot(import_nvml())
 
 
 @dataclass
 class CliContext:
+    """What the commands need: the store, the daemon's address, the config (`fit` reads its
+    vllm_args, engine_overhead, memory_budget) and the machine (NVML and /proc/meminfo,
+    injectable so tests can stand in GPUs the machine does not have)."""
+
     store_factory: Callable[[], ModelStore]
     base_url: str = "http://127.0.0.1:11434"
     api_key: str = ""
     out: IO[str] = field(default_factory=lambda: sys.stdout)
     err: IO[str] = field(default_factory=lambda: sys.stderr)
+    config: Config = field(default_factory=Config)
+    gpu_snapshot: Callable[[], GpuSnapshot] = read_gpus
+    meminfo: Callable[[], tuple[int, int]] = read_meminfo
     _store: ModelStore | None = None
 
     @property
@@ -55,7 +82,8 @@ def context_from_config(loaded: Any, out: IO[str] | None = None,
         return ModelStore.from_config(cfg, loaded.runtime)
 
     return CliContext(store_factory=factory, base_url=client_url(cfg.host, cfg.port),
-                      api_key=cfg.api_key, out=out or sys.stdout, err=err or sys.stderr)
+                      api_key=cfg.api_key, out=out or sys.stdout, err=err or sys.stderr,
+                      config=cfg)
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -221,8 +249,10 @@ def cmd_pull(ctx: CliContext, name: str, *, json_mode: bool = False, quiet: bool
 
 
 def cmd_list(ctx: CliContext, prefix: str = "", *, json_mode: bool = False,
-             quiet: bool = False) -> int:
+             quiet: bool = False, fit: bool = False) -> int:
     models = [m for m in ctx.store.list_models() if m.name.lower().startswith(prefix.lower())]
+    if fit and not quiet:
+        return _list_fit(ctx, models, json_mode=json_mode)
     if json_mode:
         _print_json(ctx, {"models": [ctx.store.tag_entry(m) for m in models]})
         return EXIT_OK
@@ -282,6 +312,150 @@ def cmd_show(ctx: CliContext, name: str, *, json_mode: bool = False, quiet: bool
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- fit
+
+
+def _planner(ctx: CliContext) -> Capacity:
+    """The scheduler's planner over this machine as it reads now."""
+    snapshot = ctx.gpu_snapshot()
+    _, available = ctx.meminfo()
+    hw = hardware_info(snapshot, available)
+    return Capacity(ctx.config, ctx.store, hw, gpu_snapshot=lambda: snapshot,
+                    meminfo=ctx.meminfo)
+
+
+def _fit_inputs(ctx: CliContext, name: str
+                ) -> tuple[str, str, ModelFiles, ModelConfig]:
+    """(shown name, where its facts came from, its files' facts, the model config its engine
+    would run with) for a name: a model on this machine, else a repo's metadata on the hub."""
+    store = ctx.store
+    found = store.find(name, allow_paths=True)
+    if found is not None and found.path is not None:
+        where = "directory" if found.source.startswith("/") else "cache"
+        return found.name, where, found.files, found.model
+    if found is not None:
+        repo = repo_id_of(found.model.source) if found.model.source else None
+        if repo is None:
+            where = found.model.upstream or "a remote upstream"
+            raise BadRequest(f"{found.name} is served by {where}; vllama cannot tell what it "
+                             "needs there")
+        model = found.model
+    else:
+        resolved = store.resolve(name, allow_paths=True)
+        repo = repo_id_of(resolved.source) if resolved is not None else None
+        if repo is None:
+            raise NotFound(f"model '{name}' not found: give a model `vllama list` shows, a "
+                           "Hugging Face repo id (org/name) or a model directory")
+        model = ModelConfig(name=repo, source=repo)
+    from vllama.models.hub import hub_weights
+
+    config, weights = hub_weights(repo, endpoint=store.endpoint, token=store.token)
+    return display_name(repo), "hub", ModelFiles(config=config, weights=weights), model
+
+
+def fit_report(ctx: CliContext, name: str, context: int | None = None) -> FitReport:
+    """`vllama fit`'s answer for a model: its need at its default context (and at `context`)
+    against the machine, by the scheduler's own arithmetic."""
+    shown, where, files, model = _fit_inputs(ctx, name)
+    planner = _planner(ctx)
+    devices = planner.devices()
+    need = planner.need_for(files, model)
+    problems = list(files.weights.problems)
+    if not files.config:
+        problems.append("no config.json: the KV cache is not counted")
+    at_context = None
+    if context is not None:
+        at_need = planner.need_for(files, model, ("--max-model-len", str(context)))
+        at_context = assess(at_need, devices)
+        native = facts.native_context_length(files.config)
+        if native and context > native:
+            problems.append(f"{context} tokens is more than the model's own context "
+                            f"({native}); vLLM refuses that unless "
+                            "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1")
+    return FitReport(
+        model=shown, source=where,  # type: ignore[arg-type]
+        parameters=files.parameter_count, parameter_source=files.parameters_from,
+        quantization=facts.quantization_level(files.config, files.weights),
+        max_context=need.max_context, devices=fit_devices(devices),
+        default=assess(need, devices), largest_context=largest(need, devices),
+        at_context=at_context, problems=tuple(problems))
+
+
+def render_fit(report: FitReport) -> str:
+    """The report for a terminal."""
+    counted = {"headers": " (safetensors headers)", "estimate": " (estimated from "
+               "config.json)", "none": ""}[report.parameter_source]
+    params = f"{report.parameters:,}{counted}" if report.parameters else "unknown"
+    if report.quantization:
+        params += f", {report.quantization}"
+    out = [f"model        {report.model} ({report.source})", f"parameters   {params}",
+           f"context      {report.max_context} tokens (the model's own)", ""]
+    devices = [("DEVICE", "FREE", "TOTAL")]
+    devices += [(f"GPU {d.index} {d.name}".rstrip() if d.kind == "gpu" else "host memory",
+                 gib(d.free_bytes), gib(d.total_bytes)) for d in report.devices]
+    out.append(table(devices))
+    rows = [("CONTEXT", "WEIGHTS", "KV CACHE", "OVERHEAD", "NEEDS", "VERDICT")]
+    ats = [at for at in (report.default, report.at_context) if at is not None]
+    for at in ats:
+        needs = (f"{gib(at.per_device_bytes)} x {at.tensor_parallel}"
+                 if at.tensor_parallel > 1 else gib(at.total_bytes))
+        rows.append((str(at.context), gib(at.weights_bytes), gib(at.kv_cache_bytes),
+                     gib(at.overhead_bytes), needs, verdict_text(at)))
+    out.append(table(rows))
+    out += [f"at {at.context} tokens: {at.why}" for at in ats if at.verdict == "does_not_fit"]
+    out.append("largest context that fits now: " + (
+        f"{report.largest_context} tokens" if report.largest_context
+        else "none (not even the weights fit)"))
+    out += [f"note: {p}" for p in report.problems]
+    return "\n".join(out) + "\n"
+
+
+def cmd_fit(ctx: CliContext, name: str, *, context: int | None = None,
+            json_mode: bool = False, quiet: bool = False) -> int:
+    """Exit 0 when the model fits (at `context` if given), 1 when it does not."""
+    try:
+        report = fit_report(ctx, name, context)
+    except VllamaError as exc:
+        if json_mode:
+            _print_json(ctx, {"error": exc.message})
+        return _error(ctx, exc)
+    if json_mode:
+        _print_json(ctx, report)
+    elif not quiet:
+        ctx.out.write(render_fit(report))
+    at = report.at_context or report.default
+    return EXIT_OK if at.verdict != "does_not_fit" else EXIT_FAILURE
+
+
+def _list_fit(ctx: CliContext, models: Sequence[LocalModel], *, json_mode: bool) -> int:
+    """`vllama list --fit`: each local model's need at its default context and where it
+    would run (remote upstreams: unknown)."""
+    planner = _planner(ctx)
+    devices = planner.devices()
+    fits: list[tuple[LocalModel, FitAt | None, int]] = []
+    for m in models:
+        if m.path is None:
+            fits.append((m, None, 0))
+            continue
+        need = planner.need_for(m.files, m.model)
+        fits.append((m, assess(need, devices), largest(need, devices)))
+    if json_mode:
+        entries = [{**msgspec.to_builtins(ctx.store.tag_entry(m)),
+                    "fit": msgspec.to_builtins(at) if at is not None else None,
+                    "largest_context": best} for m, at, best in fits]
+        _print_json(ctx, {"models": entries})
+        return EXIT_OK
+    rows = [("NAME", "SIZE", "CONTEXT", "NEEDS", "FITS", "LARGEST CONTEXT")]
+    for m, at, best in fits:
+        if at is None:
+            rows.append((m.name, human_bytes(m.size), "", "", "unknown (remote)", ""))
+            continue
+        rows.append((m.name, human_bytes(m.size), str(at.context), gib(at.total_bytes),
+                     verdict_text(at), str(best) if best else "none"))
+    ctx.out.write(table(rows))
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- rm / cp
 
 
@@ -305,7 +479,7 @@ def cmd_rm(ctx: CliContext, names: Sequence[str], *, json_mode: bool = False,
 def cmd_cp(ctx: CliContext, source: str, destination: str, *, json_mode: bool = False,
            quiet: bool = False) -> int:
     try:
-        ctx.store.cp(source, destination)
+        ctx.store.cp(source, destination, allow_paths=True)
     except VllamaError as exc:
         return _error(ctx, exc)
     if json_mode:
@@ -425,13 +599,23 @@ def cmd_stop(ctx: CliContext, name: str, *, json_mode: bool = False, quiet: bool
 # ----------------------------------------------------------------------------- argparse
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
 
 def add_subparsers(subparsers: Any) -> None:
-    """Register pull, list (ls), show, rm, cp, ps and aliases on an argparse subparsers
+    """Register pull, list (ls), fit, show, rm, cp, ps and aliases on an argparse subparsers
     object. Each parser sets `func(args, ctx: CliContext) -> int`."""
     p = subparsers.add_parser("pull", help="download a model from Hugging Face")
     p.add_argument("model")
@@ -440,8 +624,24 @@ def add_subparsers(subparsers: Any) -> None:
 
     p = subparsers.add_parser("list", aliases=["ls"], help="list local models")
     p.add_argument("prefix", nargs="?", default="")
+    p.add_argument("--fit", action="store_true",
+                   help="with the memory each needs and whether it fits this machine")
     _common(p)
-    p.set_defaults(func=lambda a, c: cmd_list(c, a.prefix, json_mode=a.json, quiet=a.quiet))
+    p.set_defaults(func=lambda a, c: cmd_list(c, a.prefix, json_mode=a.json, quiet=a.quiet,
+                                               fit=a.fit))
+
+    p = subparsers.add_parser(
+        "fit", help="the memory a model needs and whether it fits this machine's GPUs",
+        description="Weights + KV cache + overhead at the model's default context (and at "
+        "--context N), against each GPU's free memory (or host memory without one), by the "
+        "scheduler's own arithmetic. MODEL: a local model, or a Hugging Face repo id (only "
+        "its metadata is read). Exits 1 when it does not fit.")
+    p.add_argument("model")
+    p.add_argument("--context", type=_positive, metavar="N",
+                   help="also at this context length (tokens)")
+    _common(p)
+    p.set_defaults(func=lambda a, c: cmd_fit(c, a.model, context=a.context, json_mode=a.json,
+                                              quiet=a.quiet))
 
     p = subparsers.add_parser("show", help="show a local model's information")
     p.add_argument("model")

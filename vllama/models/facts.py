@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vllama.config import ModelConfig
-from vllama.models.weights import config_int, read_weights, text_config
+from vllama.models import parsers
+from vllama.models.parsers import EngineFeatures
+from vllama.models.weights import WeightsInfo, config_int, read_weights, text_config
 from vllama.translate.gojson import go_value
 from vllama.translate.request import ModelCaps
 from vllama.vllm_flags import flag_value, int_value
 from vllama.wire.ollama import ModelDetails
 
 CAPABILITY_NAMES = ("completion", "embedding", "tools", "thinking", "vision", "insert")
+PARAMETER_COUNT_SOURCE = "general.parameter_count_source"
 
 
 @dataclass(frozen=True)
@@ -33,13 +36,21 @@ class ModelFiles:
     directory: Path | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     template: str = ""
-    parameter_count: int = 0
-    # "headers": summed from the safetensors headers (logical parameters: packed quantized
-    # weights count what they pack); "estimate": from config.json's sizes.
-    parameters_from: Literal["headers", "estimate", "none"] = "none"
+    # The weights as the safetensors headers state them (logical parameters: packed quantized
+    # weights count what they pack), or as config.json's sizes estimate them without headers.
+    weights: WeightsInfo = field(default_factory=lambda: WeightsInfo(0, 0))
     generation: Mapping[str, Any] = field(default_factory=dict)
     license: str = ""
     sentence_transformers: bool = False  # modules.json / sentence_bert_config.json present
+
+    @property
+    def parameter_count(self) -> int:
+        return self.weights.parameters
+
+    @property
+    def parameters_from(self) -> Literal["headers", "estimate", "none"]:
+        """"headers": counted from the safetensors headers; "estimate": from config.json."""
+        return self.weights.source if self.weights.parameters else "none"
 
 
 NO_FILES = ModelFiles()
@@ -58,11 +69,10 @@ def read_files(directory: Path | None) -> ModelFiles:
     if directory is None:
         return NO_FILES
     config = read_json(directory / "config.json")
-    weights = read_weights(directory, config)
     return ModelFiles(
         directory=directory, config=config, template=chat_template(directory),
-        parameter_count=weights.parameters, parameters_from=weights.source,
-        generation=generation_defaults(directory), license=license_text(directory),
+        weights=read_weights(directory, config), generation=generation_defaults(directory),
+        license=license_text(directory),
         sentence_transformers=any((directory / n).is_file()
                                   for n in ("modules.json", "sentence_bert_config.json")))
 
@@ -92,10 +102,14 @@ def human_number(n: int) -> str:
 
 _DTYPES = {"bfloat16": "BF16", "float16": "F16", "half": "F16", "float32": "F32",
            "float": "F32", "float8_e4m3fn": "FP8"}
+# safetensors dtypes as Ollama-style quantization levels.
+_HEADER_DTYPES = {"BF16": "BF16", "F16": "F16", "F32": "F32", "F64": "F64",
+                  "F8_E4M3": "FP8", "F8_E5M2": "FP8"}
 
 
-def quantization_level(config: Mapping[str, Any]) -> str:
-    """`AWQ-INT4`, `GPTQ-INT8`, `FP8`, or the weights' dtype (`BF16`, `F32`)."""
+def quantization_level(config: Mapping[str, Any], weights: WeightsInfo | None = None) -> str:
+    """`AWQ-INT4`, `GPTQ-INT8`, `FP8` as config.json declares the quantization, else the dtype
+    the safetensors headers store most parameters in (`BF16`, `F32`), else config.json's."""
     quant = config.get("quantization_config")
     if isinstance(quant, Mapping):
         method = str(quant.get("quant_method", "")).upper()
@@ -104,6 +118,8 @@ def quantization_level(config: Mapping[str, Any]) -> str:
             return f"{method}-INT{bits}"
         if method:
             return method
+    if weights is not None and weights.source == "headers" and weights.dtype in _HEADER_DTYPES:
+        return _HEADER_DTYPES[weights.dtype]
     dtype = config.get("torch_dtype") or config.get("dtype") or text_config(config).get(
         "torch_dtype")
     return _DTYPES.get(str(dtype).lower(), str(dtype).upper() if dtype else "")
@@ -182,10 +198,43 @@ def license_text(model_dir: Path) -> str:
 # ----------------------------------------------------------------------------- the engine
 
 
-def engine_args(model: ModelConfig, common_args: Sequence[str]) -> tuple[str, ...]:
-    """The `vllm serve` arguments a model's engine runs with beyond vllama's tuned defaults:
-    the config's global vllm_args, then the model's own (so they win)."""
+def configured_args(model: ModelConfig, common_args: Sequence[str]) -> tuple[str, ...]:
+    """The `vllm serve` arguments the config gives a model: the global vllm_args, then the
+    model's own (so they win)."""
     return (*common_args, *model.vllm_args)
+
+
+def engine_args(files: ModelFiles, model: ModelConfig, common_args: Sequence[str]
+                ) -> tuple[str, ...]:
+    """The arguments a model's engine runs with beyond vllama's tuned defaults and its
+    placement: the configured ones, then the tool-call and reasoning parsers its chat template
+    needs (`parsers`) where the configured ones do not decide them. The supervisor's argv, the
+    scheduler's need and the capabilities clients see all come from here."""
+    user = configured_args(model, common_args)
+    if is_embedding(files, user):  # a pooling engine neither calls tools nor thinks
+        return user
+    return (*user, *parsers.feature_args(features(files, user), user))
+
+
+def features(files: ModelFiles, args: Sequence[str]) -> EngineFeatures:
+    """What the model's chat template needs of the engine (`--chat-template` in args wins
+    over the model's own template)."""
+    return parsers.detect_features(template_for(files, args), files.config)
+
+
+def template_for(files: ModelFiles, args: Sequence[str]) -> str:
+    """The chat template the engine renders with: `--chat-template`'s file (or inline text,
+    which vLLM also accepts), else the model's own. Reads that one small file, never raises:
+    an unreadable file means no template to detect from."""
+    given = flag_value(args, "--chat-template")
+    if not given:
+        return files.template
+    path = Path(given).expanduser()
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        # vLLM takes a value that is no file for the template itself when it has Jinja in it.
+        return given if "{" in given else ""
 
 
 def is_embedding(files: ModelFiles, args: Sequence[str]) -> bool:
@@ -207,31 +256,46 @@ def is_embedding(files: ModelFiles, args: Sequence[str]) -> bool:
     return any(a.endswith(("Model", "ForMaskedLM")) for a in archs)
 
 
+# The chat-template switch for thinking when the template is unknown (a remote upstream):
+# Qwen3's, the most common, and ignored by templates that do not read it.
+DEFAULT_THINK_KWARG = "enable_thinking"
+
+
 def capabilities(files: ModelFiles, model: ModelConfig, args: Sequence[str]) -> ModelCaps:
-    """Ollama capabilities as the engine really runs: tools need vLLM's auto tool choice
-    (with which vLLM requires a parser), thinking a reasoning parser (a wrong `thinking` breaks
-    every `ollama run` chat), embedding the pooling runner. Capabilities set in the config
-    win."""
+    """Ollama capabilities as an engine started with `args` (`engine_args`) really runs:
+    tools need vLLM's auto tool choice and a tool-call parser, thinking a reasoning parser (a
+    wrong `thinking` breaks every `ollama run` chat), embedding the pooling runner.
+    Capabilities set in the config win."""
     if model.capabilities:
         wanted = set(model.capabilities)
     elif is_embedding(files, args):
         wanted = {"embedding"}
     else:
         wanted = {"completion"}
-        if flag_value(args, "--enable-auto-tool-choice") is not None:
+        tools, thinking = parsers.advertised(args)
+        if tools:
             wanted.add("tools")
-        if flag_value(args, "--reasoning-parser"):
+        if thinking:
             wanted.add("thinking")
         archs = " ".join(str(a) for a in files.config.get("architectures") or [])
         if "vision_config" in files.config or "ForConditionalGeneration" in archs:
             wanted.add("vision")
         if model.fim_template:
             wanted.add("insert")
+    thinking = "thinking" in wanted
     return ModelCaps(completion="completion" in wanted, embedding="embedding" in wanted,
-                     tools="tools" in wanted, thinking="thinking" in wanted,
+                     tools="tools" in wanted, thinking=thinking,
                      vision="vision" in wanted,
                      insert_template=(model.fim_template or None) if "insert" in wanted
-                     else None)
+                     else None,
+                     think_kwarg=think_kwarg(files, args) if thinking else None)
+
+
+def think_kwarg(files: ModelFiles, args: Sequence[str]) -> str | None:
+    """The chat-template variable that switches the model's thinking on and off; None when
+    its template has none (it always thinks), DEFAULT_THINK_KWARG when no template is known."""
+    template = template_for(files, args)
+    return parsers.think_kwarg(template) if template else DEFAULT_THINK_KWARG
 
 
 # ----------------------------------------------------------------------------- Ollama shapes
@@ -243,13 +307,21 @@ def details(files: ModelFiles, context: int | None = None) -> ModelDetails:
     count = files.parameter_count
     out = ModelDetails(format="safetensors", family=arch, families=[arch],
                        parameter_size=human_number(count) if count else "",
-                       quantization_level=quantization_level(files.config))
+                       quantization_level=quantization_level(files.config, files.weights))
     if context:
         out.context_length = context
     hidden = config_int(text_config(files.config), "hidden_size", "n_embd", "d_model")
     if hidden:
         out.embedding_length = hidden
     return out
+
+
+def model_size(files: ModelFiles, on_disk: int) -> int:
+    """`size` as tags/ps show it: the weights' bytes as the safetensors headers state them
+    (Ollama's size is its weights blob), else the bytes of the model's files on disk."""
+    weights = files.weights
+    return weights.stored_bytes if weights.source == "headers" and weights.stored_bytes else (
+        on_disk)
 
 
 def model_info(files: ModelFiles, context: int | None, *, basename: str | None = None
@@ -262,6 +334,9 @@ def model_info(files: ModelFiles, context: int | None, *, basename: str | None =
         info["general.basename"] = basename
     if files.parameter_count:
         info["general.parameter_count"] = files.parameter_count
+        # Not a GGUF key (clients ignore unknown ones): "headers" when counted from the
+        # safetensors headers, "estimate" when worked out from config.json's sizes.
+        info[PARAMETER_COUNT_SOURCE] = files.parameters_from
     if context:
         info[f"{arch}.context_length"] = context
     for key, names in (

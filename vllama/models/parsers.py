@@ -184,6 +184,12 @@ def _generic_reasoning(template: str, code: str) -> str | None:
     return None
 
 
+def think_kwarg(template: str) -> str | None:
+    """The variable the template reads to switch thinking on and off (`enable_thinking`,
+    `thinking`), or None: vllama sends `chat_template_kwargs` only with one."""
+    return _think_kwarg(jinja_code(template))
+
+
 def _think_kwarg(code: str) -> str | None:
     if _ENABLE_THINKING_VAR.search(code):
         return "enable_thinking"

@@ -184,14 +184,25 @@ class ModelStore:
             found = self._files[key] = facts.read_files(path)
         return found
 
-    def engine_args(self, model: ModelConfig) -> tuple[str, ...]:
-        return facts.engine_args(model, self.common_args)
+    def model_files(self, model: ModelConfig) -> ModelFiles:
+        """What the files of the model an engine serves say: its directory, or its repo's
+        snapshot in the cache (NO_FILES when not on disk: a remote upstream, a repo vLLM
+        will download itself). Takes the ModelConfig, not a name: a model nobody configured
+        is named by its source, which may be a directory no name lookup accepts."""
+        present = self._present(model.source)
+        return facts.NO_FILES if present is None else self.files_for(present.path,
+                                                                     present.digest)
+
+    def engine_args(self, found: LocalModel) -> tuple[str, ...]:
+        """The arguments the model's engine runs with (the configured ones, and the parsers
+        its template needs): a model nobody configured gets the config's common ones."""
+        return facts.engine_args(found.files, found.model, self.common_args)
 
     def capabilities(self, found: LocalModel) -> ModelCaps:
-        return facts.capabilities(found.files, found.model, self.engine_args(found.model))
+        return facts.capabilities(found.files, found.model, self.engine_args(found))
 
     def context_length(self, found: LocalModel) -> int:
-        return facts.context_length(found.files, self.engine_args(found.model))
+        return facts.context_length(found.files, self.engine_args(found))
 
     # ------------------------------------------------------------------ presence
 
@@ -235,9 +246,10 @@ class ModelStore:
             return LocalModel(name, model.source, None, kind, 0,
                               hashlib.sha256(basis.encode()).hexdigest(), self.started,
                               facts.NO_FILES, model, served)
-        return LocalModel(name, present.source, present.path, kind, present.size,
-                          present.digest, present.modified,
-                          self.files_for(present.path, present.digest), model, served)
+        files = self.files_for(present.path, present.digest)
+        return LocalModel(name, present.source, present.path, kind,
+                          facts.model_size(files, present.size), present.digest,
+                          present.modified, files, model, served)
 
     def find(self, name: str, *, allow_paths: bool = False) -> LocalModel | None:
         """The model `name` stands for: a configured model (its files if they are here), or a
@@ -378,9 +390,12 @@ class ModelStore:
         shutil.rmtree(repo_dir)
         return freed
 
-    def cp(self, source: str, destination: str) -> None:
+    def cp(self, source: str, destination: str, *, allow_paths: bool = False) -> None:
+        """`destination` becomes another name for `source`'s model. allow_paths: `source`
+        may be an absolute model directory (the CLI; never the API, whose clients must not
+        name directories on the server)."""
         aliases = self._alias_store()
-        found = self.find(source)
+        found = self.find(source, allow_paths=allow_paths)
         if found is None:
             raise NotFound(f'model "{source}" not found')
         if not parse_name(destination).valid:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import msgspec
 
 from vllama.config import Config, ModelConfig
 from vllama.gateway.seams import StoreView
 from vllama.gpu import GpuSnapshot
-from vllama.models import memory
+from vllama.models import facts, memory
+from vllama.models.facts import ModelFiles
 from vllama.models.memory import MemoryNeed
-from vllama.models.weights import WeightsInfo, estimate_weights, read_weights
 from vllama.scheduler.placement import Device, gpu_devices, host_device, parse_meminfo
 from vllama.supervisor.argv import HardwareInfo, cpu_kv_cache_bytes
 from vllama.vllm_flags import flag_value, int_value
@@ -87,19 +86,21 @@ class Capacity:
         return await asyncio.to_thread(self._need, model)
 
     def _need(self, model: ModelConfig) -> MemoryNeed:
-        found = self.store.find(model.name)
-        files = found.files if found is not None else None
-        directory = files.directory if files is not None else None
-        config = dict(files.config) if files is not None else {}
-        weights = (read_weights(directory, config) if isinstance(directory, Path)
-                   else estimate_weights(config)) or WeightsInfo(0, 0)
-        args = [*self.cfg.vllm_args, *model.vllm_args]
+        return self.need_for(self.store.model_files(model), model)
+
+    def need_for(self, files: ModelFiles, model: ModelConfig, extra_args: Sequence[str] = ()
+                 ) -> MemoryNeed:
+        """The need of a model with these files (weights from the safetensors headers, else
+        config.json's estimate) under its engine's flags, plus `extra_args` (`vllama fit
+        --context N` adds `--max-model-len N`)."""
+        args = [*facts.engine_args(files, model, self.cfg.vllm_args), *extra_args]
+        config = files.config
         context = int_value(args, "--max-model-len")
         dtype = flag_value(args, "--dtype") or ("float32" if not self.hw.on_gpu else "auto")
         kv_dtype = flag_value(args, "--kv-cache-dtype") or "auto"
         overhead = self.cfg.engine_overhead or (memory.GPU_OVERHEAD_BYTES if self.hw.on_gpu
                                                 else memory.CPU_OVERHEAD_BYTES)
-        need = memory.memory_need(weights, config, max_model_len=context, dtype=dtype,
+        need = memory.memory_need(files.weights, config, max_model_len=context, dtype=dtype,
                                   kv_cache_dtype=kv_dtype, overhead_bytes=overhead)
         per_token = memory.kv_bytes_per_token(config, dtype=dtype, kv_cache_dtype=kv_dtype)
         kv_bytes = int_value(args, "--kv-cache-memory-bytes")

@@ -141,7 +141,8 @@ def room(device: Device, claims: Iterable[Claim], *, cap: float | None = None,
 # --- placement --------------------------------------------------------------------------------
 
 
-def _gib(n: int) -> str:
+def gib(n: int) -> str:
+    """Bytes for people: GiB with one decimal, MiB below one GiB."""
     return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / 2**20:.0f} MiB"
 
 
@@ -183,9 +184,9 @@ def _gpu_placement(need: MemoryNeed, group: Sequence[Device], claims: Sequence[C
         args += ["--kv-cache-memory-bytes", str(explicit_kv)]
     gpus = ",".join(str(i) for i in indexes)
     why = (f"GPU {gpus}" if tp == 1 else f"tensor parallel over GPUs {gpus}") + (
-        f": {_gib(per_device)} each ({fraction} of total)")
+        f": {gib(per_device)} each ({fraction} of total)")
     if explicit_kv is not None:
-        why += f"; KV cache fixed at {_gib(explicit_kv)} because the GPU is shared"
+        why += f"; KV cache fixed at {gib(explicit_kv)} because the GPU is shared"
     return Placement(
         devices=indexes, tensor_parallel=tp, gpu_memory_utilization=units / _UNITS,
         kv_cache_memory_bytes=explicit_kv,
@@ -203,8 +204,8 @@ def _host_placement(need: MemoryNeed, host: Device, claims: Sequence[Claim]
     if per_device > available:
         empty = room(msgspec.structs.replace(host, free_bytes=host.total_bytes), ())
         return NoFit(
-            message=(f"needs {_gib(per_device)} of host memory ({_parts(need, 1)}); "
-                     f"{_gib(available)} is available to it: {_gib(per_device - available)} "
+            message=(f"needs {gib(per_device)} of host memory ({_parts(need, 1)}); "
+                     f"{gib(available)} is available to it: {gib(per_device - available)} "
                      f"short" + _context_hint(need, available, 1)),
             short_bytes=per_device - available, need_bytes=per_device, tensor_parallel=1,
             fits_when_empty=per_device <= empty,
@@ -217,12 +218,12 @@ def _host_placement(need: MemoryNeed, host: Device, claims: Sequence[Claim]
         devices=(), tensor_parallel=1, gpu_memory_utilization=None,
         kv_cache_memory_bytes=kv or None, reserved={host.index: per_device},
         args=tuple(args), env={},
-        why=f"host memory: {_gib(per_device)}, KV cache fixed at {_gib(kv)}")
+        why=f"host memory: {gib(per_device)}, KV cache fixed at {gib(kv)}")
 
 
 def _parts(need: MemoryNeed, tp: int) -> str:
-    return (f"weights {_gib(-(-need.weights_bytes // tp))}, KV cache {_gib(kv_bytes(need, tp))}"
-            f" for {need.kv_tokens} tokens, overhead {_gib(need.overhead_bytes)}")
+    return (f"weights {gib(-(-need.weights_bytes // tp))}, KV cache {gib(kv_bytes(need, tp))}"
+            f" for {need.kv_tokens} tokens, overhead {gib(need.overhead_bytes)}")
 
 
 def _context_hint(need: MemoryNeed, budget: int, tp: int) -> str:
@@ -275,9 +276,29 @@ def place(need: MemoryNeed, devices: Sequence[Device], claims: Sequence[Claim] =
         return NoFit(f"no way to split it over {len(gpus)} GPU(s) (tensor parallel sizes "
                      f"{sizes} need more GPUs or do not divide its attention heads)",
                      0, 0, 0, False, 0)
-    best_context = max(largest_context(need, _budget(_groups(gpus, t, rooms)[0], rooms), t)
-                       for t in sizes if t <= len(gpus))
-    return _no_fit(need, closest, rooms, fits_empty, best_context)
+    return _no_fit(need, closest, rooms, fits_empty,
+                   _best_context(need, gpus, rooms, [t for t in sizes if t <= len(gpus)]))
+
+
+def largest_fitting_context(need: MemoryNeed, devices: Sequence[Device],
+                            claims: Sequence[Claim] = (), *,
+                            tensor_parallel: int | None = None) -> int:
+    """The largest max_model_len (up to the model's own) that `place` would find room for
+    now, over every tensor-parallel size it may choose; 0 when not even the weights fit."""
+    gpus = [d for d in devices if d.kind == "gpu"]
+    if not gpus:
+        host = next((d for d in devices if d.kind == "cpu"), None)
+        return largest_context(need, room(host, claims)) if host is not None else 0
+    rooms = {d.index: room(d, claims) for d in gpus}
+    sizes = [tensor_parallel] if tensor_parallel else [
+        t for t in TP_SIZES if t <= len(gpus) and tp_allowed(need, t)]
+    return _best_context(need, gpus, rooms, [t for t in sizes if t <= len(gpus)])
+
+
+def _best_context(need: MemoryNeed, gpus: Sequence[Device], rooms: dict[int, int],
+                  sizes: Sequence[int]) -> int:
+    return max((largest_context(need, _budget(_groups(gpus, t, rooms)[0], rooms), t)
+                for t in sizes), default=0)
 
 
 def _budget(group: Sequence[Device], rooms: dict[int, int]) -> int:
@@ -295,8 +316,8 @@ def _no_fit(need: MemoryNeed, closest: tuple[int, int, tuple[Device, ...]],
     where = ",".join(str(d.index) for d in sorted(group, key=lambda d: d.index))
     tight = min(rooms[d.index] for d in group)
     gpu_word = "GPU" if tp == 1 else "GPUs"
-    message = (f"needs {_gib(per_device)} {_on(tp)} ({_parts(need, tp)}); the closest "
-               f"choice, {gpu_word} {where}, has {_gib(tight)} it may use: {_gib(short)} short")
+    message = (f"needs {gib(per_device)} {_on(tp)} ({_parts(need, tp)}); the closest "
+               f"choice, {gpu_word} {where}, has {gib(tight)} it may use: {gib(short)} short")
     message += ("; it fits once other models unload" if fits_empty
                 else f"; too large for {'this GPU' if gpus == 1 else f'these {gpus} GPUs'} even "
                      "when empty")

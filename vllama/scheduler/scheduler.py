@@ -99,6 +99,9 @@ class Engines(Protocol):
 
     async def wake(self, key: str) -> bool: ...
 
+    async def max_model_len(self, key: str) -> int:
+        """The context the ready engine runs with, from its `/v1/models` (0: unknown)."""
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -208,7 +211,8 @@ class Scheduler:
         if slot.timer is not None:
             slot.timer.cancel()
             slot.timer = None
-        return Lease(slot.key, f"http://127.0.0.1:{port}/v1", next(self._ids))
+        return Lease(slot.key, f"http://127.0.0.1:{port}/v1", next(self._ids),
+                     slot.max_model_len)
 
     def release(self, lease: Lease) -> None:
         """The request is over (finished, failed or the client left)."""
@@ -322,6 +326,10 @@ class Scheduler:
                 why = engine.unavailable_reason() or f"model '{slot.key}' failed to load"
                 self._cool(slot.model, why)
                 raise Unavailable(why)
+            # Read once per engine start: a restart after a crash reuses the same flags.
+            slot.max_model_len = await self._engines.max_model_len(slot.key)
+            if slot.state is not SlotState.LOADING:  # unloaded meanwhile: its waiters know
+                return
         except asyncio.CancelledError:
             self._fail(slot, Unavailable(f"model '{slot.key}': vllama is shutting down"))
             raise

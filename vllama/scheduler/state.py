@@ -58,6 +58,7 @@ class Slot:
     expires_at: float | None = None  # wall clock of the keep_alive deadline, None: none
     reason: str = ""  # why it loads / unloads, for STATUS=, logs and /api/ps
     sleepable: bool = False  # the engine was started with sleep mode on
+    max_model_len: int = 0  # the context the engine runs with (its /v1/models); 0: unknown
     ready: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     gone: asyncio.Event = field(default_factory=asyncio.Event)
@@ -92,6 +93,9 @@ class Lease:
     key: str  # the slot's model name ("" for a remote upstream, which has no slot)
     base_url: str  # the OpenAI base URL (…/v1)
     id: int = 0
+    # The engine's context (its /v1/models max_model_len); 0: unknown. /v1/completions needs
+    # it: vLLM caps a request without max_tokens at 16 tokens.
+    max_model_len: int = 0
 
 
 class SlotStatus(msgspec.Struct, frozen=True):

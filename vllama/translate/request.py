@@ -37,7 +37,8 @@ class ModelCaps(msgspec.Struct, frozen=True):
 
     insert_template: FIM prompt with `{prompt}` and `{suffix}` placeholders (plain replace,
     not str.format, so braces in code are safe); None = no `insert` capability.
-    think_kwarg: the chat-template variable that switches thinking (Qwen3: enable_thinking).
+    think_kwarg: the chat-template variable that switches thinking (Qwen3: enable_thinking,
+    DeepSeek V3.1: thinking); None when the template has none (the model always thinks).
     """
 
     completion: bool = True
@@ -46,7 +47,7 @@ class ModelCaps(msgspec.Struct, frozen=True):
     thinking: bool = False
     vision: bool = False
     insert_template: str | None = None
-    think_kwarg: str = "enable_thinking"
+    think_kwarg: str | None = "enable_thinking"
 
     def names(self) -> list[str]:
         """Ollama `capabilities` list for /api/show and /api/tags."""
@@ -70,18 +71,16 @@ class ModelCaps(msgspec.Struct, frozen=True):
 # options
 
 
-def options_to_openai(opts: dict[str, Any], body: dict[str, Any], *, completions: bool) -> None:
+def options_to_openai(opts: dict[str, Any], body: dict[str, Any]) -> None:
     """Write the vLLM sampling fields for validated `opts` (see decode_options) into `body`.
 
     Only what the client set is forwarded, so vLLM falls back to the model's generation
     config. Options without a vLLM equivalent (num_ctx, typical_p, repeat_last_n, ...) are
-    dropped.
+    dropped. A completions body without num_predict gets its `max_tokens` from the engine
+    once the gateway knows which engine serves it (`fill_max_tokens`).
     """
     n = opts.get("num_predict")
-    if completions:
-        # vLLM's /v1/completions defaults to 16 tokens; null means "until stop/context end"
-        body["max_tokens"] = n if n is not None and n > 0 else None
-    elif n is not None and n > 0:
+    if n is not None and n > 0:  # 0 and negatives mean "until stop or context end"
         body["max_tokens"] = n
     if "temperature" in opts:
         body["temperature"] = opts["temperature"]
@@ -104,6 +103,19 @@ def options_to_openai(opts: dict[str, Any], body: dict[str, Any], *, completions
         body["frequency_penalty"] = opts["frequency_penalty"]
 
 
+def fill_max_tokens(path: str, body: dict[str, Any], max_model_len: int) -> None:
+    """`max_tokens` from the engine's context (its max_model_len; 0: unknown). vLLM's
+    /v1/completions caps a request without `max_tokens` (or with null) at 16 tokens, and
+    clamps one equal to max_model_len to the room the prompt leaves: that is "until stop or
+    the context ends". A larger num_predict is a 400 from vLLM, so it is clamped too."""
+    if max_model_len <= 0:
+        return
+    asked = body.get("max_tokens")
+    too_many = isinstance(asked, int) and asked > max_model_len
+    if too_many or (asked is None and path == COMPLETIONS_PATH):
+        body["max_tokens"] = max_model_len
+
+
 # ---------------------------------------------------------------------------------------------
 # checks shared by generate and chat
 
@@ -120,7 +132,8 @@ def resolve_think(think: bool | str | None, caps: ModelCaps, model: str) -> bool
 def _think_fields(think: bool | str | None, caps: ModelCaps, body: dict[str, Any]) -> None:
     if not caps.thinking or think is None:
         return
-    body["chat_template_kwargs"] = {caps.think_kwarg: think is not False}
+    if caps.think_kwarg:  # a template without a switch: nothing to tell it
+        body["chat_template_kwargs"] = {caps.think_kwarg: think is not False}
     if isinstance(think, str):
         body["reasoning_effort"] = think
 
@@ -259,9 +272,8 @@ def messages_to_openai(messages: list[Message]) -> list[dict[str, Any]]:
 # generate / chat
 
 
-def _common(body: dict[str, Any], options: dict[str, Any] | None, fmt: msgspec.Raw,
-            *, completions: bool) -> None:
-    options_to_openai(decode_options(options), body, completions=completions)
+def _common(body: dict[str, Any], options: dict[str, Any] | None, fmt: msgspec.Raw) -> None:
+    options_to_openai(decode_options(options), body)
     rf = parse_format(fmt)
     if rf is not None:
         body["response_format"] = rf
@@ -285,7 +297,7 @@ def chat_to_openai(req: ChatRequest, upstream_model: str, caps: ModelCaps) -> di
     }
     if req.tools:
         body["tools"] = req.tools
-    _common(body, req.options, req.format, completions=False)
+    _common(body, req.options, req.format)
     _think_fields(think, caps, body)
     _chat_logprobs(body, req.logprobs, req.top_logprobs)
     return body
@@ -312,7 +324,7 @@ def generate_to_openai(req: GenerateRequest, upstream_model: str,
             "stream": True,
             "stream_options": _STREAM_OPTIONS,
         }
-        _common(body, req.options, req.format, completions=True)
+        _common(body, req.options, req.format)
         if req.logprobs:
             body["logprobs"] = req.top_logprobs or 0
         return COMPLETIONS_PATH, body
@@ -326,7 +338,7 @@ def generate_to_openai(req: GenerateRequest, upstream_model: str,
         "stream": True,
         "stream_options": _STREAM_OPTIONS,
     }
-    _common(body, req.options, req.format, completions=False)
+    _common(body, req.options, req.format)
     _think_fields(think, caps, body)
     _chat_logprobs(body, req.logprobs, req.top_logprobs)
     return CHAT_PATH, body

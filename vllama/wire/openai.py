@@ -116,6 +116,23 @@ class ModelList(msgspec.Struct):
     object: str = "list"
 
 
+_model_list = msgspec.json.Decoder(ModelList)
+
+
+def served_max_model_len(body: bytes | None, served_name: str) -> int:
+    """The max_model_len a `/v1/models` body reports for the served model (the only one, if
+    none has its name); 0 when the body says nothing usable."""
+    if not body:
+        return 0
+    try:
+        cards = _model_list.decode(body).data
+    except msgspec.DecodeError:
+        return 0
+    card = next((c for c in cards if c.id == served_name),
+                cards[0] if len(cards) == 1 else None)
+    return (card.max_model_len or 0) if card is not None else 0
+
+
 class ErrorBody(msgspec.Struct):
     """A non-2xx body from vLLM: either {"error": {...}} or the older flat shape, or FastAPI's
     {"detail": ...}."""
