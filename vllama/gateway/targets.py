@@ -1,28 +1,39 @@
 """Which upstream serves which model: the routing table of the gateway.
 
 A `Target` is a model clients can reach and what the gateway needs to talk to it: its facts
-(capabilities, context length) and a pooled `ClientSession`. Remote upstreams have a session
-each (each has its own key); every local engine is reached through one shared session that
-carries the engines' private key. Targets of configured models are built with the app; a
-local model that nobody configured gets its target on first use. Which model a name means is
-the model store's answer (`vllama.models`), never the router's; when a local model runs is the
-scheduler's (`leased`).
+(capabilities, context length) and, for a model with remote upstreams, its `Group` of members
+(`vllama.fleet`). Every local engine is reached through one shared session that carries the
+engines' private key; each remote endpoint has its own pool (its own key). Targets of
+configured models are built with the app, those of discovered models when discovery finds
+them; a local model that nobody configured gets its target on first use. Which model a name
+means is the model store's answer (`vllama.models`), never the router's; when a local model
+runs is the scheduler's (`leased`).
+
+`upstream_call` is the one way a request reaches an upstream: it picks the member (or takes
+the local engine's lease), posts, and retries on another member while nothing has been
+answered yet; once an upstream answered, the response is the caller's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
+import msgspec
 from aiohttp import web
 
 from vllama.config import Config, ModelConfig
-from vllama.errors import Unavailable
-from vllama.gateway.keys import MODEL, SERVICES
+from vllama.errors import ServerBusy, Unavailable, VllamaError
+from vllama.fleet.affinity import affinity_key
+from vllama.fleet.fleet import Fleet
+from vllama.fleet.members import Group, Member
+from vllama.gateway.keys import MODEL, REQUEST_ID, SERVICES, UPSTREAM, Services
 from vllama.gateway.seams import StoreView
 from vllama.models import facts
 from vllama.models.facts import ModelFiles
@@ -31,7 +42,9 @@ from vllama.models.store import LocalModel, Overrides
 from vllama.translate.models import Endpoint, invalid_name, model_required, name_error
 from vllama.translate.request import ModelCaps
 from vllama.translate.values import CreatedAt
-from vllama.upstream import new_session
+from vllama.upstream import UpstreamResponse, new_session, post
+
+logger = logging.getLogger("vllama.gateway")
 
 
 @dataclass
@@ -39,11 +52,13 @@ class Target:
     """One model clients can reach, and how to talk to the server that serves it."""
 
     model: ModelConfig
-    session: aiohttp.ClientSession  # pooled, from vllama.upstream.new_session
     caps: ModelCaps
     context_length: int = 0
     # The model as the store described it when the target was built (files, size, digest).
     found: LocalModel | None = None
+    # Its members when it has remote upstreams (the local engine first, if it has one too);
+    # None: a local engine alone, reached through the scheduler's lease.
+    group: Group | None = None
     created: float = field(default_factory=time.time)
     # created_at formatter shared by this target's requests: its per-second cache then
     # survives from one request to the next (a fresh one per request formats every time).
@@ -59,18 +74,25 @@ class Target:
 
     @property
     def upstream_model(self) -> str:
-        """The model id the upstream knows: our served-model-name for local engines."""
-        return self.model.upstream_model or self.model.name
+        """The model id the (first) upstream knows: our served-model-name for local engines.
+        Requests are built with it; a member that knows another id gets its own."""
+        if self.group is not None:
+            return self.group.members[0].model_id
+        return self.model.name
 
 
 class Router:
     """Model name -> Target. Reads take no lock: the table is only added to (a target for a
-    model met for the first time) or swapped whole (config reload), never edited in place."""
+    model met for the first time) or swapped whole (config reload, discovery), never edited
+    in place."""
 
-    def __init__(self, config: Config, local_session: aiohttp.ClientSession | None) -> None:
+    def __init__(self, config: Config, local_session: aiohttp.ClientSession | None,
+                 fleet: Fleet | None = None) -> None:
         self.config = config
         self.local_session = local_session
+        self.fleet = fleet if fleet is not None else Fleet(config)
         self._by_name: dict[str, Target] = {}
+        self._discovered: frozenset[str] = frozenset()
 
     @property
     def targets(self) -> list[Target]:
@@ -88,43 +110,68 @@ class Router:
         existing = self.get(model)
         if existing is not None:
             return existing
+        self._by_name = {**self._by_name, model.name: self._target(model, found)}
+        return self._by_name[model.name]
+
+    def _target(self, model: ModelConfig, found: LocalModel | None) -> Target:
         files = found.files if found is not None else facts.NO_FILES
         args = facts.engine_args(model, self.config.vllm_args)
-        target = Target(model=model, session=self._session_for(model),
-                        caps=facts.capabilities(files, model, args),
-                        context_length=facts.context_length(files, args), found=found)
-        self._by_name = {**self._by_name, model.name: target}
-        return target
-
-    def _session_for(self, model: ModelConfig) -> aiohttp.ClientSession:
-        cfg = self.config
-        if model.is_local and self.local_session is not None:
-            return self.local_session
-        return new_session(limit=cfg.upstream_connections, keepalive=cfg.upstream_keepalive,
-                           connect_timeout=cfg.upstream_connect_timeout,
-                           api_key=model.upstream_api_key)
+        return Target(model=model, caps=facts.capabilities(files, model, args),
+                      context_length=facts.context_length(files, args) or model.context_length,
+                      found=found, group=self.fleet.group(model))
 
     def replace(self, config: Config, store: StoreView) -> list[aiohttp.ClientSession]:
         """Swap in the targets of a new config (reload). Targets whose model did not change
-        are kept with their sessions; returns the sessions of dropped remote targets (close
-        them)."""
-        old = self._by_name
+        are kept (with their members' health and load); the models discovered so far are
+        kept until discovery, which runs again at once, says otherwise. Returns the sessions
+        of endpoints nothing uses any more (close them)."""
         self.config = config
-        self._by_name = {}
-        for model in config.models:
+        self.fleet.configure(config)
+        self.adopt(store)
+        return self._rebuild(config.models, self.fleet.discovered, store, keep_met=False)
+
+    def adopt(self, store: StoreView) -> None:
+        """Give a (new) model store the discovered models, before it serves requests."""
+        store.set_remote(self.fleet.discovered)
+
+    def discovered(self, models: Sequence[ModelConfig], store: StoreView
+                   ) -> list[aiohttp.ClientSession]:
+        """Discovery found other models: the store lists them, the router routes them."""
+        store.set_remote(models)
+        return self._rebuild(self.config.models, models, store, keep_met=True)
+
+    def _rebuild(self, configured: Sequence[ModelConfig], discovered: Sequence[ModelConfig],
+                 store: StoreView, *, keep_met: bool) -> list[aiohttp.ClientSession]:
+        """The table for these models, keeping the targets of unchanged ones; with
+        `keep_met`, also those of local models met on first use (a reload drops them: their
+        facts may have changed with the config)."""
+        old = self._by_name
+        table: dict[str, Target] = {}
+        names = {m.name for m in configured}
+        found_names = set()
+        for model in (*configured, *discovered):
+            if model.name in table:
+                continue
             kept = old.get(model.name)
             if kept is not None and kept.model == model:
-                self._by_name[model.name] = kept
+                table[model.name] = kept
             else:
-                self.build(model, store.find(model.name))
-        live = {id(t.session) for t in self._by_name.values()}
-        return [t.session for t in old.values()
-                if t.session is not self.local_session and id(t.session) not in live]
+                found = store.find(model.name) if model.name in names else None
+                table[model.name] = self._target(model, found)
+            if model.name not in names:
+                found_names.add(model.name)
+        for name, target in old.items():
+            if keep_met and name not in table and name not in self._discovered:
+                table[name] = target
+        self._by_name = table
+        self._discovered = frozenset(found_names)
+        return self.fleet.retain(t.group for t in table.values() if t.group is not None)
+
+    def groups(self) -> list[tuple[str, Group]]:
+        return [(t.name, t.group) for t in self._by_name.values() if t.group is not None]
 
     async def close(self) -> None:
-        for target in self._by_name.values():
-            if target.session is not self.local_session:
-                await target.session.close()
+        await self.fleet.close()
         if self.local_session is not None:
             await self.local_session.close()
 
@@ -132,20 +179,34 @@ class Router:
 ROUTER = web.AppKey("router", Router)
 
 
-def router_ctx(cfg: Config, store: StoreView, engine_key: str
-               ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """cleanup_ctx: the routing table and its sessions open with the app and close with it."""
+def router_ctx(services: Services) -> Callable[[web.Application], AsyncIterator[None]]:
+    """cleanup_ctx: the routing table, its sessions, and the upstreams' probes and discovery
+    open with the app and close with it."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        cfg = services.config
         local = new_session(limit=cfg.upstream_connections, keepalive=cfg.upstream_keepalive,
-                            connect_timeout=cfg.upstream_connect_timeout, api_key=engine_key)
+                            connect_timeout=cfg.upstream_connect_timeout,
+                            api_key=services.engine_key)
         router = app[ROUTER] = Router(cfg, local)
         for model in cfg.models:
-            router.build(model, store.find(model.name))
+            router.build(model, services.store.find(model.name))
+        closing: set[asyncio.Task[None]] = set()
+
+        def on_models(models: list[ModelConfig]) -> None:
+            for session in router.discovered(models, services.store):
+                task = asyncio.get_running_loop().create_task(session.close())
+                closing.add(task)
+                task.add_done_callback(closing.discard)
+
+        router.fleet.on_models = on_models
+        router.fleet.start()
         try:
             yield
         finally:
             await router.close()
+            for task in list(closing):
+                await task
 
     return ctx
 
@@ -181,9 +242,13 @@ async def route(request: web.Request, endpoint: Endpoint, name: str
 async def leased(request: web.Request, target: Target, keep_alive: float | None = None
                  ) -> AsyncIterator[str]:
     """Hold the model loaded for the life of a request (loading it first if needed); yields
-    its OpenAI base URL. A remote upstream needs no lease."""
+    its local engine's OpenAI base URL. A model with remote upstreams alone needs no lease
+    (yields ""), but one of them must be up."""
     if not target.model.is_local:
-        yield target.model.upstream.rstrip("/")
+        group = target.group
+        if group is not None and not group.eligible(group.shared.clock()):
+            raise _all_down(request, target, [])
+        yield ""
         return
     scheduler = request.app[SERVICES].scheduler
     if scheduler is None:
@@ -195,3 +260,114 @@ async def leased(request: web.Request, target: Target, keep_alive: float | None 
 def api_url(base: str, path: str) -> str:
     """An OpenAI path (`/v1/chat/completions`) under an OpenAI base URL (`http://h:p/v1`)."""
     return base + path[3:] if path.startswith("/v1/") else base + path
+
+
+class NoUpstream(Unavailable):
+    """Every upstream of a model is down (or failed this request): 503, with why, and when
+    to try again."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+# Failures that say the member, not the request, is the problem: another member is tried.
+_DOWN_STATUSES = frozenset({502, 503, 504})
+
+
+def _all_down(request: web.Request, target: Target, errors: Sequence[str]) -> NoUpstream:
+    router = request.app[ROUTER]
+    group = target.group
+    if not errors and group is not None:
+        now = group.shared.clock()
+        errors = [f"{m.label}: {m.reason(now) or m.state(now)}" for m in group.members]
+    why = "; ".join(errors) or "no upstream"
+    return NoUpstream(f"model '{target.name}' is unavailable: every upstream is down ({why})",
+                      router.fleet.retry_after())
+
+
+@contextlib.asynccontextmanager
+async def upstream_call(request: web.Request, target: Target, path: str, body: bytes,
+                        keep_alive: float | None = None) -> AsyncIterator[UpstreamResponse]:
+    """POST an OpenAI request (`body`, built for `target.upstream_model`) to the model's
+    upstream and yield the response once its status is known (2xx; an error status raises).
+
+    A local engine alone: through the scheduler's lease. A group: the member `Group.pick`
+    chooses (by the request's conversation prefix, else by load); a member that cannot be
+    reached, answers 5xx, or whose engine cannot be leased is ejected for a while and the
+    request goes to the next one, as long as no member has answered. When none is left: 503
+    with every member's reason and Retry-After."""
+    headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
+    group = target.group
+    if group is None:
+        async with _local_post(request, target, path, body, headers=headers,
+                               keep_alive=keep_alive) as resp:
+            yield resp
+        return
+    policy = group.shared.policy
+    key = (affinity_key(body, policy.affinity_chars)
+           if policy.affinity and len(group.members) > 1 else None)
+    first_id = target.upstream_model
+    tried: list[Member] = []
+    errors: list[str] = []
+    last: VllamaError | None = None
+    while True:
+        member = group.pick(key, tried)
+        if member is None:
+            if last is not None and last.status not in _DOWN_STATUSES:
+                raise last  # the upstreams answered; their error is the answer
+            raise _all_down(request, target, errors)
+        tried.append(member)
+        data = body if member.model_id == first_id else _with_model(body, member.model_id)
+        member.in_flight += 1
+        group.in_flight += 1
+        answered = False
+        try:
+            async with _member_post(request, target, member, path, data, headers=headers,
+                                    keep_alive=keep_alive) as resp:
+                answered = True
+                group.succeeded(member)
+                request[UPSTREAM] = member.label
+                yield resp
+            return
+        except VllamaError as exc:
+            if answered or not (exc.status >= 500 or isinstance(exc, Unavailable)):
+                raise
+            if not isinstance(exc, ServerBusy):  # a full queue is busy, not broken
+                group.failed(member, exc.message)
+            last = exc
+            errors.append(f"{member.label}: {exc.message}")
+            logger.warning("upstream %s failed for %s before answering: %s", member.label,
+                           target.name, exc.message, extra={"component": "gateway",
+                                                            "model": target.name})
+        finally:
+            member.in_flight -= 1
+            group.in_flight -= 1
+
+
+def _member_post(request: web.Request, target: Target, member: Member, path: str, body: bytes,
+                 *, headers: dict[str, str], keep_alive: float | None
+                 ) -> contextlib.AbstractAsyncContextManager[UpstreamResponse]:
+    endpoint = member.endpoint
+    if endpoint is None:
+        return _local_post(request, target, path, body, headers=headers, keep_alive=keep_alive)
+    assert endpoint.session is not None
+    return post(endpoint.session, api_url(endpoint.url, path), body, headers)
+
+
+@contextlib.asynccontextmanager
+async def _local_post(request: web.Request, target: Target, path: str, body: bytes,
+                      *, headers: dict[str, str], keep_alive: float | None
+                      ) -> AsyncIterator[UpstreamResponse]:
+    session = request.app[ROUTER].local_session
+    assert session is not None
+    async with (leased(request, target, keep_alive) as base,
+                post(session, api_url(base, path), body, headers) as resp):
+        yield resp
+
+
+def _with_model(body: bytes, model_id: str) -> bytes:
+    """The request for a member that knows the model by another id."""
+    doc: dict[str, Any] = msgspec.json.decode(body)
+    doc["model"] = model_id
+    return msgspec.json.encode(doc)
