@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import msgspec
 
+_ABSENT = msgspec.Raw(b"")
+
 
 class _Prefix(msgspec.Struct):
     messages: list[msgspec.Raw] | None = None
-    prompt: msgspec.Raw | None = None
-    input: msgspec.Raw | None = None  # /v1/responses
+    prompt: msgspec.Raw = _ABSENT  # (a Raw cannot be in a union: absent is empty)
+    input: msgspec.Raw = _ABSENT  # /v1/responses
 
 
 class _Role(msgspec.Struct):
@@ -37,15 +39,20 @@ def _role(item: msgspec.Raw) -> str:
         return ""
 
 
+_MAX_LEADING = 16  # messages before the first user message looked at, at most
+
+
 def _leading(items: list[msgspec.Raw], limit: int) -> bytes:
-    """Items up to the first user message (or `limit` bytes), joined."""
+    """Messages up to the first user message; items without a role (prompts, token ids) up
+    to `limit` bytes; joined."""
     parts: list[bytes] = []
     size = 0
-    for item in items:
+    for item in items[:_MAX_LEADING] if _role(items[0]) else items:
         raw = bytes(item)
         parts.append(raw)
         size += len(raw)
-        if size >= limit or _role(item) == "user":
+        role = _role(item)
+        if role == "user" or (not role and size >= limit):
             break
     return b"\x1e".join(parts)
 
@@ -67,9 +74,9 @@ def affinity_key(body: bytes, limit: int) -> bytes | None:
     if doc.messages:
         return _cut(_leading(doc.messages, limit), limit)
     for raw in (doc.prompt, doc.input):
-        if raw is None:
-            continue
         data = bytes(raw)
+        if data in (b"", b"null"):
+            continue
         if data.startswith(b"["):  # a batch of prompts, token ids, or /v1/responses items
             try:
                 items = _decode_items(data)

@@ -45,19 +45,6 @@ def policy_of(config: Config) -> Policy:
                   probe_interval=config.upstream_probe_interval)
 
 
-class MemberStatus(msgspec.Struct):
-    """One member of a model's group, as /health and /api/ps show it."""
-
-    upstream: str  # the base URL (without credentials), or "local"
-    model: str  # the model id it knows
-    state: str  # up, ejected (after failed requests, until it is tried again), down (probe)
-    in_flight: int
-    failures: int = 0  # failed requests in a row
-    ejections: int = 0
-    reason: str = ""
-    checked_at: float | None = None  # wall time of the last probe
-
-
 class SourceStatus(msgspec.Struct):
     """One `[[upstreams]]` endpoint's discovery."""
 
@@ -258,14 +245,6 @@ class Fleet:
 
     # ------------------------------------------------------------------ showing
 
-    def member_status(self, group: Group) -> list[MemberStatus]:
-        now = self.shared.clock()
-        return [MemberStatus(upstream=m.label, model=m.model_id, state=m.state(now),
-                             in_flight=m.in_flight, failures=m.out.failures,
-                             ejections=m.out.ejections, reason=m.reason(now),
-                             checked_at=m.endpoint.checked if m.endpoint else None)
-                for m in group.members]
-
     def source_status(self) -> list[SourceStatus]:
         out = []
         for source in self.config.upstreams:
@@ -310,8 +289,14 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def statuses(fleet: Fleet, groups: Sequence[tuple[str, Group]]) -> list[dict[str, object]]:
+def group_statuses(groups: Sequence[tuple[str, Group]]) -> list[dict[str, object]]:
     """Per model, its members' states (for /health)."""
     return [{"model": name, "ready": group.ready(),
-             "members": msgspec.to_builtins(fleet.member_status(group))}
+             "members": msgspec.to_builtins(group.status())}
             for name, group in groups]
+
+
+def metric_rows(groups: Sequence[tuple[str, Group]]) -> list[list[object]]:
+    """The rows of vllama.gateway.metrics.UPSTREAM_ROW for these groups."""
+    return [[name, m.upstream, m.state, m.in_flight, m.ejections]
+            for name, group in groups for m in group.status()]

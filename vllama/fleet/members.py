@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import msgspec
 
 from vllama.fleet.ejection import Backoff, Ejection
 from vllama.fleet.ring import Ring, load_bound, stable_hash
@@ -60,6 +61,19 @@ def display_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class MemberStatus(msgspec.Struct):
+    """One member of a model's group, as /health and /api/ps show it."""
+
+    upstream: str  # the base URL (without credentials), or "local"
+    model: str  # the model id it knows
+    state: str  # up, ejected (after failed requests, until it is tried again), down (probe)
+    in_flight: int
+    failures: int = 0  # failed requests in a row
+    ejections: int = 0
+    reason: str = ""
+    checked_at: float | None = None  # wall time of the last probe
 
 
 class Endpoint:
@@ -188,6 +202,14 @@ class Group:
             if best is None or member.in_flight < best.in_flight:
                 best = member
         return best
+
+    def status(self) -> list[MemberStatus]:
+        now = self.shared.clock()
+        return [MemberStatus(upstream=m.label, model=m.model_id, state=m.state(now),
+                             in_flight=m.in_flight, failures=m.out.failures,
+                             ejections=m.out.ejections, reason=m.reason(now),
+                             checked_at=m.endpoint.checked if m.endpoint else None)
+                for m in self.members]
 
     def failed(self, member: Member, reason: str) -> None:
         """A request to `member` failed before its first byte: eject it for a while."""

@@ -31,9 +31,9 @@ from aiohttp import web
 from vllama.config import Config, ModelConfig
 from vllama.errors import ServerBusy, Unavailable, VllamaError
 from vllama.fleet.affinity import affinity_key
-from vllama.fleet.fleet import Fleet
+from vllama.fleet.fleet import Fleet, metric_rows
 from vllama.fleet.members import Group, Member
-from vllama.gateway.keys import MODEL, REQUEST_ID, SERVICES, UPSTREAM, Services
+from vllama.gateway.keys import METRICS, MODEL, REQUEST_ID, SERVICES, UPSTREAM, Services
 from vllama.gateway.seams import StoreView
 from vllama.models import facts
 from vllama.models.facts import ModelFiles
@@ -200,6 +200,7 @@ def router_ctx(services: Services) -> Callable[[web.Application], AsyncIterator[
                 task.add_done_callback(closing.discard)
 
         router.fleet.on_models = on_models
+        app[METRICS].upstreams = lambda: metric_rows(router.groups())
         router.fleet.start()
         try:
             yield
