@@ -7,8 +7,10 @@ coordination; their views agree within a probe interval.
 
 Probes: every `upstream_probe_interval` seconds each remote endpoint is asked `GET /health`
 (beside its `/v1`, where vLLM and its routers answer), or `GET /v1/models` once `/health` turned
-out not to exist (a 4xx). A failed probe marks the endpoint down: none of its members gets
-requests until a probe succeeds again, which also ends any ejection of its members. The first
+out not to exist (a 4xx). A refused connection or an error status marks the endpoint down at
+once, no answer within `upstream_probe_timeout` only the third time in a row: none of its
+members gets requests until a probe succeeds again, which also ends any ejection of its
+members. The first
 probe comes one interval after start; until then an endpoint counts as up (passive ejection
 covers the first seconds).
 """
@@ -35,6 +37,10 @@ from vllama.upstream import new_session
 logger = logging.getLogger("vllama.fleet")
 
 MAX_LISTING = 16 * 1024 * 1024  # a /v1/models answer larger than this is not a model list
+# Probes in a row without an answer in time that take an endpoint down. A refused connection
+# or a 5xx /health is certain at once; a slow answer is not: a vLLM whose CPU is busy
+# streaming answers /health late while it serves well (a request that succeeds resets it).
+SLOW_PROBES_DOWN = 3
 
 
 def policy_of(config: Config) -> Policy:
@@ -160,8 +166,16 @@ class Fleet:
 
     async def probe(self, endpoint: Endpoint) -> None:
         up, reason = await self._check(endpoint)
+        endpoint.checked = self.wall()
+        if up is None:  # no answer in time: a busy server is slow, a wedged one silent
+            endpoint.slow += 1
+            if endpoint.slow < SLOW_PROBES_DOWN:
+                return
+            up = False
+        else:
+            endpoint.slow = 0
         was = endpoint.up
-        endpoint.up, endpoint.reason, endpoint.checked = up, reason, self.wall()
+        endpoint.up, endpoint.reason = up, reason
         if was is up:
             return
         self.shared.changed()
@@ -175,7 +189,8 @@ class Fleet:
             logger.warning("upstream %s is down: %s", endpoint.label, reason,
                            extra={"component": "gateway"})
 
-    async def _check(self, endpoint: Endpoint) -> tuple[bool, str]:
+    async def _check(self, endpoint: Endpoint) -> tuple[bool | None, str]:
+        """(up, why not); up None: no answer within the probe timeout."""
         timeout = self.config.upstream_probe_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -191,7 +206,7 @@ class Fleet:
                     return True, ""
                 return False, f"GET {endpoint.label}/models answered {status}"
         except TimeoutError:
-            return False, f"no answer to a health probe within {timeout:g} s"
+            return None, f"no answer to {SLOW_PROBES_DOWN} health probes within {timeout:g} s"
         except (aiohttp.ClientError, OSError) as exc:
             return False, f"unreachable: {_why(exc)}"
 

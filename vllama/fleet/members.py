@@ -79,8 +79,8 @@ class MemberStatus(msgspec.Struct):
 class Endpoint:
     """One remote OpenAI base URL (`http://h:8000/v1`) and its key."""
 
-    __slots__ = ("api_key", "checked", "label", "probe", "reason", "root", "session", "up",
-                 "url")
+    __slots__ = ("api_key", "checked", "label", "probe", "reason", "root", "session", "slow",
+                 "up", "url")
 
     def __init__(self, url: str, api_key: str, session: aiohttp.ClientSession | None) -> None:
         self.url = url.rstrip("/")
@@ -93,6 +93,7 @@ class Endpoint:
         self.reason = ""
         self.checked: float | None = None  # wall time of the last probe
         self.probe = "/health"  # "/models" once /health turned out not to exist
+        self.slow = 0  # probes in a row that got no answer in time
 
 
 class Member:
@@ -217,5 +218,8 @@ class Group:
         self.shared.changed()
 
     def succeeded(self, member: Member) -> None:
+        """A request to `member` was answered: whatever slow probes suggested, it serves."""
+        if member.endpoint is not None:
+            member.endpoint.slow = 0
         if member.out.failures and member.out.succeeded():
             self.shared.changed()
