@@ -16,6 +16,7 @@ import itertools
 import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -128,6 +129,9 @@ class Member:
         return self.out.reason if self.out.ejected(now) else ""
 
 
+_load = attrgetter("in_flight")
+
+
 class Group:
     """A model's members, and the pick of one per request."""
 
@@ -195,6 +199,12 @@ class Group:
         offset), so idle members share the work."""
         count = len(ok)
         start = next(self._turn) % count
+        if not tried:  # the common case, scanned in C: from the offset on, then the rest
+            head = min(ok[start:], key=_load)
+            if start == 0:
+                return head
+            tail = min(ok[:start], key=_load)
+            return tail if tail.in_flight < head.in_flight else head
         best: Member | None = None
         for step in range(count):
             member = ok[(start + step) % count]
