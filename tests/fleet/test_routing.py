@@ -4,6 +4,8 @@ affinity, retries before the first byte only, ejection, probes, 503 when none is
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 from collections import Counter, defaultdict
 
 import msgspec
@@ -13,6 +15,9 @@ from tests.fleet.conftest import MakeBed
 from vllama.config import UpstreamRef
 from vllama.gateway.keys import SERVICES
 from vllama.gateway.targets import ROUTER
+from vllama.models import commands
+from vllama.models.commands import CliContext
+from vllama.models.store import ModelStore
 
 FAST_PROBES = {"upstream_probe_interval": 0.1, "upstream_probe_timeout": 2.0}
 
@@ -213,3 +218,22 @@ async def test_a_reload_keeps_the_members_state(make_bed: MakeBed) -> None:
         await session.close()
     assert await bed.member_states() == {live.v1: "up"}
     assert (await bed.chat("after"))[:2] == (200, live.v1)
+
+
+async def test_vllama_ps_prints_each_upstream(make_bed: MakeBed) -> None:
+    bed = await make_bed(2, upstream_eject_initial=60.0, upstream_routing="least_loaded")
+    dead, live = bed.upstreams
+    await dead.stop()
+    for i in range(2):
+        await bed.chat(f"q{i}")
+    out = io.StringIO()
+    ctx = CliContext(store_factory=lambda: ModelStore(None, None),
+                     base_url=str(bed.client.make_url("")).rstrip("/"), out=out,
+                     err=io.StringIO())
+    assert await asyncio.to_thread(commands.cmd_ps, ctx) == 0
+    rows = out.getvalue().splitlines()
+    at = rows.index(next(r for r in rows if r.startswith("NAME") and "UPSTREAM" in r))
+    assert re.fullmatch(r"NAME\s+UPSTREAM\s+STATE\s+IN FLIGHT\s+REASON", rows[at])
+    assert re.fullmatch(rf"m:latest\s+{re.escape(dead.v1)}\s+ejected\s+0\s+upstream "
+                        r"unreachable: .*", rows[at + 1])
+    assert re.fullmatch(rf"m:latest\s+{re.escape(live.v1)}\s+up\s+0\s*", rows[at + 2])

@@ -148,7 +148,7 @@ class Router:
         old = self._by_name
         table: dict[str, Target] = {}
         names = {m.name for m in configured}
-        found_names = set()
+        discovered_names = set()
         for model in (*configured, *discovered):
             if model.name in table:
                 continue
@@ -159,12 +159,12 @@ class Router:
                 found = store.find(model.name) if model.name in names else None
                 table[model.name] = self._target(model, found)
             if model.name not in names:
-                found_names.add(model.name)
+                discovered_names.add(model.name)
         for name, target in old.items():
             if keep_met and name not in table and name not in self._discovered:
                 table[name] = target
         self._by_name = table
-        self._discovered = frozenset(found_names)
+        self._discovered = frozenset(discovered_names)
         return self.fleet.retain(t.group for t in table.values() if t.group is not None)
 
     def groups(self) -> list[tuple[str, Group]]:
