@@ -120,7 +120,7 @@ class Config(msgspec.Struct, frozen=True):
     upstream_eject_max: float = 30.0
     upstream_discovery_interval: float = 30.0
     upstream_routing: str = "affinity"
-    upstream_affinity_chars: int = 2000
+    upstream_affinity_bytes: int = 2000
     upstream_affinity_load: float = 1.25
     keep_alive: float = 300.0  # seconds; math.inf = forever
     max_loaded_models: int = -1
@@ -256,7 +256,7 @@ SETTINGS: tuple[Setting, ...] = (
             "affinity (the same conversation prefix goes to the same upstream while its load "
             "allows, so its prefix cache is reused; else the least busy) or least_loaded.",
             choices=("affinity", "least_loaded")),
-    Setting("upstream_affinity_chars", "int", "How much of a conversation makes its affinity "
+    Setting("upstream_affinity_bytes", "int", "How much of a conversation makes its affinity "
             "key: its first messages up to the first user message (or its prompt), as JSON, "
             "cut to this many bytes (head and tail).", minimum=16),
     Setting("upstream_affinity_load", "float", "Bounded load of affinity routing: an "

@@ -46,7 +46,7 @@ SLOW_PROBES_DOWN = 3
 def policy_of(config: Config) -> Policy:
     return Policy(backoff=Backoff(config.upstream_eject_initial, config.upstream_eject_max),
                   affinity=config.upstream_routing == "affinity",
-                  affinity_chars=config.upstream_affinity_chars,
+                  affinity_bytes=config.upstream_affinity_bytes,
                   affinity_load=config.upstream_affinity_load,
                   probe_interval=config.upstream_probe_interval)
 

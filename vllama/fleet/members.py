@@ -32,7 +32,7 @@ class Policy:
 
     backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0))
     affinity: bool = True
-    affinity_chars: int = 2000
+    affinity_bytes: int = 2000
     affinity_load: float = 1.25
     probe_interval: float = 5.0  # also the Retry-After of a model whose members are all down
 

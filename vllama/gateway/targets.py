@@ -306,7 +306,7 @@ async def upstream_call(request: web.Request, target: Target, path: str, body: b
             yield resp
         return
     policy = group.shared.policy
-    key = (affinity_key(body, policy.affinity_chars)
+    key = (affinity_key(body, policy.affinity_bytes)
            if policy.affinity and len(group.members) > 1 else None)
     first_id = target.upstream_model
     tried: list[Member] = []
