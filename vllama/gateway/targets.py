@@ -300,9 +300,11 @@ async def upstream_call(request: web.Request, target: Target, path: str, body: b
     with every member's reason and Retry-After."""
     headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
     group = target.group
-    if group is None:
-        async with _local_post(request, target, path, body, headers=headers,
-                               keep_alive=keep_alive) as resp:
+    if group is None:  # (inlined: one context manager less per request on the common path)
+        session = request.app[ROUTER].local_session
+        assert session is not None
+        async with (leased(request, target, keep_alive) as base,
+                    post(session, api_url(base, path), body, headers) as resp):
             yield resp
         return
     policy = group.shared.policy
