@@ -27,14 +27,41 @@ LOOPBACK = "127.0.0.1"
 SourceKind = Literal["default", "file", "env", "cli"]
 
 
+class UpstreamRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One remote member of a model's group: an OpenAI base URL, its key and the model id it
+    knows (empty: the model's `upstream_api_key` and `upstream_model`, else its name)."""
+
+    url: str
+    api_key: str = ""
+    model: str = ""
+
+
+class RemoteSource(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An `[[upstreams]]` table: a remote OpenAI endpoint whose models are discovered from its
+    `/v1/models`: all of them (`models = "*"`) or those matching a list of ids or globs,
+    served under `prefix` + their id."""
+
+    url: str
+    api_key: str = ""
+    models: tuple[str, ...] = ("*",)
+    prefix: str = ""
+    capabilities: tuple[str, ...] = ()
+
+
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One model clients can ask for: run locally from ``source`` or reached at ``upstream``."""
+    """One model clients can ask for: run locally from ``source``, reached at remote
+    upstreams (``upstream``, or several in ``upstreams``), or both (a group)."""
 
     name: str
     source: str = ""
     upstream: str = ""
     upstream_api_key: str = ""
     upstream_model: str = ""
+    upstreams: tuple[UpstreamRef, ...] = ()
+    # The context length a remote model serves (what /api/tags and /api/show report); a
+    # discovered model gets the max_model_len its upstream lists. Local engines: use
+    # --max-model-len in vllm_args.
+    context_length: int = 0
     vllm_args: tuple[str, ...] = ()
     capabilities: tuple[str, ...] = ()
     fim_template: str = ""
@@ -48,7 +75,16 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     @property
     def is_local(self) -> bool:
-        return not self.upstream
+        """A local engine serves it (perhaps beside remote members)."""
+        return bool(self.source)
+
+    @property
+    def remotes(self) -> tuple[UpstreamRef, ...]:
+        """The remote members, `upstream` first, each with its key and model id filled in."""
+        refs = ((UpstreamRef(self.upstream),) if self.upstream else ()) + self.upstreams
+        key, model = self.upstream_api_key, self.upstream_model or self.name
+        return tuple(UpstreamRef(r.url.rstrip("/"), r.api_key or key, r.model or model)
+                     for r in refs)
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -56,6 +92,7 @@ class Config(msgspec.Struct, frozen=True):
     port: int = DEFAULT_PORT
     models: tuple[ModelConfig, ...] = ()
     aliases: dict[str, str] = msgspec.field(default_factory=dict)
+    upstreams: tuple[RemoteSource, ...] = ()
     vllm_command: str = "vllm"
     vllm_args: tuple[str, ...] = ()
     startup_timeout: float = 3600.0
@@ -81,6 +118,14 @@ class Config(msgspec.Struct, frozen=True):
     upstream_connections: int = 1000
     upstream_keepalive: float = 60.0
     upstream_connect_timeout: float = 10.0
+    upstream_probe_interval: float = 5.0
+    upstream_probe_timeout: float = 3.0
+    upstream_eject_initial: float = 1.0
+    upstream_eject_max: float = 30.0
+    upstream_discovery_interval: float = 30.0
+    upstream_routing: str = "affinity"
+    upstream_affinity_bytes: int = 2000
+    upstream_affinity_load: float = 1.25
     keep_alive: float = 300.0  # seconds; math.inf = forever
     max_loaded_models: int = -1
     max_queue: int = 512
@@ -221,6 +266,26 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0),
     Setting("upstream_connect_timeout", "float", "Seconds to connect to an upstream.",
             minimum=0.1),
+    Setting("upstream_probe_interval", "float", "Seconds between active health probes of "
+            "each remote upstream (its /health, else its /v1/models).", minimum=0.1),
+    Setting("upstream_probe_timeout", "float", "Seconds a health probe (or a discovery "
+            "request) may take before the upstream counts as down.", minimum=0.1),
+    Setting("upstream_eject_initial", "float", "Seconds a remote upstream is left out after "
+            "a failed request (connection error, 5xx); doubles with each failure in a row.",
+            minimum=0),
+    Setting("upstream_eject_max", "float", "Cap of that ejection in seconds.", minimum=0),
+    Setting("upstream_discovery_interval", "float", "Seconds between refreshes of the "
+            "models of each [[upstreams]] endpoint (its /v1/models).", minimum=1),
+    Setting("upstream_routing", "enum", "How a request picks one of a model's upstreams: "
+            "affinity (the same conversation prefix goes to the same upstream while its load "
+            "allows, so its prefix cache is reused; else the least busy) or least_loaded.",
+            choices=("affinity", "least_loaded")),
+    Setting("upstream_affinity_bytes", "int", "How much of a conversation makes its affinity "
+            "key: its first messages up to the first user message (or its prompt), as JSON, "
+            "cut to this many bytes (head and tail).", minimum=16),
+    Setting("upstream_affinity_load", "float", "Bounded load of affinity routing: an "
+            "upstream takes a conversation only while its requests in flight stay under this "
+            "factor times the group's average (1.25: at most 25% above it).", minimum=1),
     Setting("keep_alive", "duration", "How long a model stays loaded after its last request "
             "ends: a duration (`5m`, `1h30m`) or seconds; negative keeps models loaded, 0 "
             "unloads at once. A request's own keep_alive replaces it for that model.",
@@ -259,7 +324,8 @@ SETTINGS: tuple[Setting, ...] = (
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 _MODEL_KEEP_ALIVE = Setting("keep_alive", "duration", "a model's keep_alive")
 MODEL_KEYS = set(ModelConfig.__struct_fields__)
-FILE_ONLY_KEYS = {"models", "aliases"}
+FILE_ONLY_KEYS = {"models", "aliases", "upstreams"}
+REMOTE_KEYS = set(RemoteSource.__struct_fields__)
 
 
 def _describe(setting: Setting) -> str:
@@ -471,21 +537,78 @@ def _file_models(raw: object, path: Path) -> tuple[ModelConfig, ...]:
 
 
 def _model(item: Mapping[str, Any], where: str) -> ModelConfig:
+    item = dict(item)
+    if "upstreams" in item:
+        item["upstreams"] = _refs(item["upstreams"], where)
     try:
-        model = msgspec.convert(dict(item), ModelConfig)
+        model = msgspec.convert(item, ModelConfig)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"config error: {where}: {exc}") from None
     if not model.name:
         raise ConfigError(f"config error: {where}: name is required")
-    if bool(model.source) == bool(model.upstream):
-        raise ConfigError(f"config error: {where} ({model.name}): set exactly one of source "
-                          "(HF repo id or local directory) or upstream (URL)")
+    here = f"{where} ({model.name})"
+    if model.upstream and model.upstreams:
+        raise ConfigError(f"config error: {here}: set upstream (one URL) or upstreams (a "
+                          "list), not both")
+    if not model.source and not model.remotes:
+        raise ConfigError(f"config error: {here}: set source (HF repo id or local directory), "
+                          "upstream (URL) or upstreams (a list of URLs), or source with "
+                          "upstreams")
     if model.keep_alive is not None:
         model_keep_alive(model, where)
-    if model.upstream and not model.upstream.startswith(("http://", "https://")):
-        raise ConfigError(f"config error: {where} ({model.name}): upstream = "
-                          f"{model.upstream!r} is invalid: expected an http(s):// URL")
+    seen: set[tuple[str, str]] = set()
+    for ref in model.remotes:
+        _check_url(ref.url, f"{here}: upstream")
+        if (ref.url, ref.model) in seen:
+            raise ConfigError(f"config error: {here}: upstream {ref.url} (model "
+                              f"{ref.model!r}) is listed twice")
+        seen.add((ref.url, ref.model))
+    if model.context_length < 0:
+        raise ConfigError(f"config error: {here}: context_length must be >= 0")
     return model
+
+
+def _refs(raw: object, where: str) -> list[Any]:
+    """`upstreams` items: a URL, or an inline table {url, api_key, model}."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"config error: {where}: upstreams must be a list of URLs or of "
+                          "{url, api_key, model} tables")
+    return [{"url": item} if isinstance(item, str) else item for item in raw]
+
+
+def _check_url(url: str, what: str) -> None:
+    if not url.startswith(("http://", "https://")) or not urlsplit(url).hostname:
+        raise ConfigError(f"config error: {what} = {url!r} is invalid: expected an http(s):// "
+                          "URL")
+
+
+def _file_remotes(raw: object, path: Path) -> tuple[RemoteSource, ...]:
+    """`[[upstreams]]` tables: url, api_key, models ("*" or a list of ids/globs), prefix."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"config error: upstreams in {path} must be an array of tables "
+                          "([[upstreams]])")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"upstreams[{i}] in {path}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"config error: {where} must be a table")
+        for key in item:
+            if key not in REMOTE_KEYS:
+                raise ConfigError(f"config error: unknown key upstreams[{i}].{key} in {path}; "
+                                  f"known keys: {', '.join(sorted(REMOTE_KEYS))}")
+        table = dict(item)
+        if isinstance(table.get("models"), str):
+            table["models"] = [table["models"]]
+        try:
+            source = msgspec.convert(table, RemoteSource)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"config error: {where}: {exc}") from None
+        _check_url(source.url, f"{where}: url")
+        if not source.models:
+            raise ConfigError(f"config error: {where}: models must be \"*\" or a non-empty "
+                              "list of model ids")
+        out.append(msgspec.structs.replace(source, url=source.url.rstrip("/")))
+    return tuple(out)
 
 
 def model_keep_alive(model: ModelConfig, where: str = "") -> float | None:
@@ -533,6 +656,7 @@ def load(cli: CliOverrides | None = None, environ: Mapping[str, str] | None = No
     sources: dict[str, Source] = {s.key: Source("default") for s in SETTINGS}
     sources["models"] = Source("default")
     sources["aliases"] = Source("default")
+    sources["upstreams"] = Source("default")
 
     if path is None and use_files:
         path = find_config_file(cli.config, env)
@@ -558,6 +682,8 @@ def _apply_file(path: Path, values: dict[str, Any], sources: dict[str, Source]) 
             values["models"] = _file_models(raw, path)
         elif key == "aliases":
             values["aliases"] = _file_aliases(raw, path)
+        elif key == "upstreams":
+            values["upstreams"] = _file_remotes(raw, path)
         elif key in SETTINGS_BY_KEY:
             values[key] = coerce(SETTINGS_BY_KEY[key], raw, f"in {path}", from_text=False)
             if key == "host":  # "" is loopback, as VLLAMA_HOST=":port" is, never every interface
@@ -736,6 +862,16 @@ def as_json(loaded: Loaded) -> dict[str, Any]:
     for model in out["models"]["value"]:
         if model.get("upstream_api_key"):
             model["upstream_api_key"] = "********"
+        for ref in model.get("upstreams", ()):
+            if ref.get("api_key"):
+                ref["api_key"] = "********"
+    remotes_src = loaded.sources["upstreams"]
+    remotes = [msgspec.to_builtins(r) for r in cfg.upstreams]
+    for remote in remotes:
+        if remote.get("api_key"):
+            remote["api_key"] = "********"
+    out["upstreams"] = {"value": remotes, "source": remotes_src.kind,
+                        "origin": remotes_src.origin}
     aliases_src = loaded.sources["aliases"]
     out["aliases"] = {"value": dict(cfg.aliases), "source": aliases_src.kind,
                       "origin": aliases_src.origin}
@@ -786,6 +922,23 @@ def example_toml() -> str:
         '#  name = "llama3.1:70b"',
         '#  upstream = "http://gpu-node-2:8000/v1"',
         '#  upstream_api_key = ""',
+        "",
+        "# A group: several upstreams serve one model (health-checked, least busy first, a",
+        "# conversation kept on the upstream that holds its prefix). With a source too, the",
+        "# local engine is one more member.",
+        "#[[models]]",
+        '#  name = "llama3.1:8b"',
+        '#  upstreams = ["http://gpu-3:8000/v1",',
+        '#               {url = "http://gpu-4:8000/v1", api_key = "...", model = "llama"}]',
+        "",
+        "# A whole endpoint (a vLLM production-stack or llm-d gateway, another vLLM): its",
+        '# models are discovered from its /v1/models ("*", or a list of ids or globs) and',
+        "# served as prefix + id.",
+        "#[[upstreams]]",
+        '#  url = "http://router.cluster:8000/v1"',
+        '#  api_key = ""',
+        '#  models = "*"',
+        '#  prefix = "cluster/"',
         "",
         "# Extra names for models: name = source.",
         "#[aliases]",

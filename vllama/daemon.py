@@ -346,6 +346,8 @@ class Daemon:
         self.loaded = new
         cfg = new.config
         store = ModelStore.from_config(cfg, new.runtime, pulls=self.pulls)
+        if self.app is not None:  # the discovered models stay listed through the reload
+            self.app[ROUTER].adopt(store)
         self.services.config = cfg
         self.services.store = store
         self.supervisor.settings = engine_settings(cfg)

@@ -89,3 +89,14 @@ async def gone(pid: int) -> None:
     async with asyncio.timeout(60):
         while group_members(pid):  # noqa: ASYNC110 - polls /proc from outside
             await asyncio.sleep(0.1)
+
+
+LOAD = 240.0  # bound on one request that has to load a model first
+CHAT = {"messages": [{"role": "user", "content": "hello"}], "stream": False,
+        "options": {"num_predict": 4}}
+
+
+async def chat(session: aiohttp.ClientSession, served: Served, model: str,
+               **extra: Any) -> tuple[int, Any]:
+    async with asyncio.timeout(LOAD):
+        return await post(session, served.url + "/api/chat", {"model": model, **CHAT, **extra})

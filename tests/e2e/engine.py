@@ -101,13 +101,15 @@ def start_engine(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     log_name: str = "vllm.log",
+    port: int | None = None,
 ) -> VllmEngine:
     """Launch `vllm serve` in its own session, output to workdir/log_name. Does not wait.
+    `port`: a given one (an engine started again where it was), else a free one.
 
     TMPDIR is workdir: vLLM leaves a gloo rendezvous file and its ZMQ IPC sockets in the temp
     dir on every launch and never removes them."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     argv = serve_argv(vllm_bin, model_dir, port=port, served_name=served_name,
                       extra_args=extra_args)
     child_env = {**os.environ, **ENGINE_ENV, "TMPDIR": str(workdir), **(env or {})}

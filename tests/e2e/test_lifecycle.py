@@ -14,29 +14,19 @@ import asyncio
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from tests import fake_hf_hub as fh
-from tests.e2e.daemon import Served, engine_pids, gone, post, ps, serve
+from tests.e2e.daemon import chat, engine_pids, gone, post, ps, serve
 from tests.e2e.fixtures import tiny_model_dir, vllm_bin
 
 pytestmark = [pytest.mark.e2e_vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 __all__ = ["tiny_model_dir", "vllm_bin"]
 
-LOAD = 240.0  # bound on one request that has to load a model first
 KV = {"a": "64M", "b": "128M", "c": "256M"}
-CHAT = {"messages": [{"role": "user", "content": "hello"}], "stream": False,
-        "options": {"num_predict": 4}}
-
-
-async def chat(session: aiohttp.ClientSession, served: Served, model: str,
-               **extra: Any) -> tuple[int, Any]:
-    async with asyncio.timeout(LOAD):
-        return await post(session, served.url + "/api/chat", {"model": model, **CHAT, **extra})
 
 
 def lifecycle_config(vllm: Path, dirs: dict[str, Path], extra: str = "") -> str:

@@ -81,7 +81,7 @@ def test_env_port_beats_port_in_host() -> None:
         ("port = 70000\n", "expected an integer >= 1"),
         ("log_level = 'loud'\n", "one of debug, info, warning, error"),
         ("cors_origins = 'a'\n", "expected a list of strings"),
-        ("[[models]]\nname = 'a'\n", "set exactly one of source"),
+        ("[[models]]\nname = 'a'\n", "set source (HF repo id or local directory), upstream"),
         ("[[models]]\nname = 'a'\nsource = 'x'\nbogus = 1\n", "unknown key models[0].bogus"),
         ("[[models]]\nname = 'a'\nupstream = 'ftp://x'\n", "expected an http(s):// URL"),
         ("[[models]]\nname='a'\nsource='x'\n[[models]]\nname='A:latest'\nsource='y'\n",

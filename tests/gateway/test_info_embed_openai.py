@@ -123,13 +123,15 @@ async def test_openai_pass_through(make_bed: MakeBed) -> None:
     assert (await bed.client.get("/v1/models/zzz")).status == 404
 
 
-async def test_upstream_unreachable_is_502(make_bed: MakeBed) -> None:
+async def test_upstream_unreachable_is_503_with_retry_after(make_bed: MakeBed) -> None:
     bed = await make_bed()
     await bed.upstream.close()
     resp = await bed.post("/api/chat", {"model": "fake", "messages": [
         {"role": "user", "content": "x"}]})
-    assert resp.status == 502
-    assert "unreachable" in (await resp.json())["error"]
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "5"  # the probe interval: when it may be back
+    error = (await resp.json())["error"]
+    assert "every upstream is down" in error and "unreachable" in error
 
 
 async def test_context_overflow_in_ollamas_words(make_bed: MakeBed) -> None:

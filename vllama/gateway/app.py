@@ -44,5 +44,5 @@ def make_app(services: Services) -> web.Application:
             app.router.add_get(path, handler)  # answers HEAD too, as Ollama's routes do
         else:
             app.router.add_route(method, path, handler)
-    app.cleanup_ctx.append(router_ctx(services.config, services.store, services.engine_key))
+    app.cleanup_ctx.append(router_ctx(services))
     return app

@@ -13,8 +13,10 @@ import msgspec
 from aiohttp import web
 
 from vllama import __version__
+from vllama.fleet.fleet import group_statuses
 from vllama.gateway.keys import METRICS, SERVICES
 from vllama.gateway.middleware import authorized
+from vllama.gateway.targets import ROUTER
 
 _encode = msgspec.json.Encoder().encode
 
@@ -53,6 +55,21 @@ def health_document(request: web.Request) -> tuple[bool, dict[str, Any]]:
     }
     if services.scheduler is not None:
         doc["queued"] = dict(services.scheduler.queued)
+    router = request.app[ROUTER]
+    groups = router.groups()
+    if groups:
+        # A model with remote upstreams is ready while one of them is (this gateway
+        # process's view: each process probes on its own).
+        doc["upstreams"] = group_statuses(groups)
+        for name, group in groups:
+            if not group.ready():
+                ready = False
+                why = "; ".join(f"{m.label}: {m.endpoint.reason}" for m in group.members
+                                if m.endpoint is not None)
+                reasons = [*reasons, f"model '{name}': every upstream is down ({why})"]
+        doc["status"] = "ok" if ready else "unavailable"
+    if router.fleet.config.upstreams:
+        doc["discovery"] = msgspec.to_builtins(router.fleet.source_status())
     if reasons and not ready:
         doc["reasons"] = reasons
     return ready, doc

@@ -50,3 +50,5 @@ CORS_OK = web.RequestKey("cors_ok", bool)
 MODEL = web.RequestKey("model", str)
 TOKENS: web.RequestKey[tuple[int, int]] = web.RequestKey("tokens")
 FINAL_STATUS = web.RequestKey("final_status", int)
+# The upstream that answered (a member of the model's group): the X-Vllama-Upstream header.
+UPSTREAM = web.RequestKey("upstream", str)

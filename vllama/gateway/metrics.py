@@ -86,6 +86,10 @@ class Metrics:
         self.in_flight = 0
         # Gauges owned elsewhere (engines, GPUs) are read at scrape time through collectors.
         self.collectors: list[Callable[[], Iterable[str]]] = []
+        # This process's upstream groups, read at scrape time (the router sets it): rows of
+        # UPSTREAM_ROW; and the rows other gateway processes sent (absorbed).
+        self.upstreams: Callable[[], list[list[Any]]] | None = None
+        self.absorbed_upstreams: list[list[Any]] = []
 
     def request_done(self, route: str, method: str, status: int, model: str,
                      seconds: float) -> None:
@@ -111,7 +115,12 @@ class Metrics:
                 "latency": [[*k, row] for k, row in self.latency.series.items()],
                 "ttft": [[*k, row] for k, row in self.ttft.series.items()],
                 "tokens": [[*k, v] for k, v in self.tokens.items()],
-                "in_flight": self.in_flight}
+                "in_flight": self.in_flight,
+                "upstreams": self._upstream_rows()}
+
+    def _upstream_rows(self) -> list[list[Any]]:
+        own = self.upstreams() if self.upstreams is not None else []
+        return [*own, *self.absorbed_upstreams]
 
     def absorb(self, data: Mapping[str, Any]) -> None:
         """Add another process's `dump()` to these counts."""
@@ -124,6 +133,7 @@ class Metrics:
         for model, kind, value in data.get("tokens", ()):
             self.tokens[(model, kind)] = self.tokens.get((model, kind), 0) + value
         self.in_flight += int(data.get("in_flight", 0))
+        self.absorbed_upstreams.extend(data.get("upstreams", ()))
 
     def render(self) -> str:
         requests = (
@@ -148,6 +158,7 @@ class Metrics:
             "# TYPE vllama_requests_in_flight gauge",
             f"vllama_requests_in_flight {self.in_flight}",
         ]
+        out += upstream_lines(self._upstream_rows())
         for collect in self.collectors:
             out.extend(collect())
         return "\n".join(out) + "\n"
@@ -157,6 +168,41 @@ def gauge(name: str, help_text: str, rows: Iterable[tuple[tuple[tuple[str, str],
           kind: str = "gauge") -> list[str]:
     out = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     out.extend(f"{name}{_labels(labels)} {value:g}" for labels, value in rows)
+    return out
+
+
+# One member of one model's group, as one gateway process sees it.
+UPSTREAM_ROW = ("model", "upstream", "state", "in_flight", "ejections")
+UPSTREAM_STATES = ("up", "ejected", "down")
+
+
+def upstream_lines(rows: Iterable[Sequence[Any]]) -> list[str]:
+    """The upstream groups' series, summed over the gateway processes that reported them
+    (each probes on its own): how many see each member in each state, its requests in
+    flight, its ejections."""
+    states: dict[tuple[str, str, str], float] = {}
+    in_flight: dict[tuple[str, str], float] = {}
+    ejections: dict[tuple[str, str], float] = {}
+    for model, upstream, state, flying, ejected in rows:
+        for name in UPSTREAM_STATES:
+            key = (model, upstream, name)
+            states[key] = states.get(key, 0) + (name == state)
+        in_flight[(model, upstream)] = in_flight.get((model, upstream), 0) + flying
+        ejections[(model, upstream)] = ejections.get((model, upstream), 0) + ejected
+    if not states:
+        return []
+
+    def pairs(key: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        return tuple(zip(("model", "upstream", "state"), key, strict=False))
+
+    out = gauge("vllama_upstream_state", "Gateway processes that see a model's upstream in "
+                "each state (up, ejected after failed requests, down by its health probe).",
+                [(pairs(k), v) for k, v in states.items()])
+    out += gauge("vllama_upstream_requests_in_flight", "Requests in flight to each upstream "
+                 "of a model.", [(pairs(k), v) for k, v in in_flight.items()])
+    out += gauge("vllama_upstream_ejections_total", "Times an upstream was ejected after a "
+                 "failed request.", [(pairs(k), v) for k, v in ejections.items()],
+                 kind="counter")
     return out
 
 

@@ -37,6 +37,7 @@ from vllama.gateway.keys import (
     REQUEST_ID,
     SERVICES,
     TOKENS,
+    UPSTREAM,
 )
 
 logger = logging.getLogger("vllama.gateway")
@@ -103,6 +104,9 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     rid = request.get(REQUEST_ID)
     if rid:
         response.headers["X-Request-Id"] = rid
+    upstream = request.get(UPSTREAM)  # which member of a model's group answered
+    if upstream:
+        response.headers["X-Vllama-Upstream"] = upstream
     origin = request.headers.get("Origin")
     if origin and request.get(CORS_OK):
         response.headers["Access-Control-Allow-Origin"] = origin

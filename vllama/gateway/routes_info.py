@@ -23,7 +23,7 @@ from vllama.supervisor.procs import group_members
 from vllama.translate.decode import decode_show
 from vllama.translate.models import invalid_name, name_error
 from vllama.translate.values import rfc3339_local
-from vllama.wire.ollama import ListResponse, ProcessModel, ProcessResponse
+from vllama.wire.ollama import ListResponse, ProcessModel, ProcessResponse, UpstreamState
 
 _encode = msgspec.json.Encoder().encode
 # Ollama's "keep forever" is now + MaxInt64 ns; the CLI prints "Forever" past 20 years.
@@ -85,11 +85,13 @@ async def ps(request: web.Request) -> web.Response:
     now_ns = time.time_ns()
     rows: list[tuple[str, ProcessModel]] = []
     for target in router.targets:
-        if not target.model.is_local:  # a remote upstream counts as loaded, forever
+        if not target.model.is_local:  # remote upstreams count as loaded, forever
             found = target.found
+            group = target.group
+            state = "loaded" if group is None or group.ready() else "unavailable"
             rows.append(("", _process(target.name, target, found.size if found else 0, 0,
                                       expires=rfc3339_local(now_ns + _FOREVER_NS),
-                                      state="loaded")))
+                                      state=state)))
     scheduler = services.scheduler
     for status in scheduler.snapshot() if scheduler is not None else ():
         if status.state is SlotState.UNLOADING:
@@ -116,10 +118,16 @@ def _process(name: str, target: Target | None, size: int, vram: int, *, expires:
     files = target.files if target is not None else facts.NO_FILES
     context = target.context_length if target is not None else 0
     found = target.found if target is not None else None
-    return ProcessModel(name=shown, model=shown, size=size or (found.size if found else 0),
-                        digest=found.digest if found is not None else "",
-                        details=facts.details(files, context or None), expires_at=expires,
-                        size_vram=vram, context_length=context, state=state)
+    row = ProcessModel(name=shown, model=shown, size=size or (found.size if found else 0),
+                       digest=found.digest if found is not None else "",
+                       details=facts.details(files, context or None), expires_at=expires,
+                       size_vram=vram, context_length=context, state=state)
+    group = target.group if target is not None else None
+    if group is not None:
+        row.upstreams = [UpstreamState(upstream=m.upstream, state=m.state,
+                                       in_flight=m.in_flight, reason=m.reason)
+                         for m in group.status()]
+    return row
 
 
 async def show(request: web.Request) -> web.Response:

@@ -18,8 +18,8 @@ import msgspec
 from aiohttp import web
 
 from vllama.errors import EngineDied, VllamaError
-from vllama.gateway.keys import METRICS, MODEL, REQUEST_ID, SERVICES, TOKENS
-from vllama.gateway.targets import Target, api_url, engine_context, engine_lease, leased, route
+from vllama.gateway.keys import METRICS, MODEL, SERVICES, TOKENS
+from vllama.gateway.targets import Target, leased, route, upstream_call
 from vllama.models.store import Overrides
 from vllama.translate import replies
 from vllama.translate import request as to_openai
@@ -27,7 +27,6 @@ from vllama.translate.decode import decode_chat, decode_embed, decode_embeddings
 from vllama.translate.models import RUNNER_STOPPED, Endpoint, map_upstream_error
 from vllama.translate.stream import SSEDecoder, StreamAccumulator, error_line, special_reply
 from vllama.translate.values import rfc3339_utc
-from vllama.upstream import post
 from vllama.wire.ollama import Message
 
 logger = logging.getLogger("vllama.gateway")
@@ -80,9 +79,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
                             created_at=target.created_at,
                             think=think, stream=req.stream is not False,
                             logprobs=bool(req.logprobs))
-    async with engine_lease(request, target, req.keep_alive) as lease:
-        to_openai.fill_max_tokens(path, body, await engine_context(target, lease))
-        return await _run_stream(request, target, api_url(lease.base_url, path), body, acc)
+    return await _run_stream(request, target, path, body, acc, keep_alive=req.keep_alive)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -104,10 +101,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
                             created_at=target.created_at,
                             think=think, stream=req.stream is not False,
                             has_tools=bool(req.tools), logprobs=bool(req.logprobs))
-    async with engine_lease(request, target, req.keep_alive) as lease:
-        to_openai.fill_max_tokens(to_openai.CHAT_PATH, body, lease.max_model_len)
-        return await _run_stream(request, target, api_url(lease.base_url, to_openai.CHAT_PATH),
-                                 body, acc)
+    return await _run_stream(request, target, to_openai.CHAT_PATH, body, acc,
+                             keep_alive=req.keep_alive)
 
 
 async def _load(request: web.Request, target: Target, model: str, keep_alive: float | None,
@@ -139,16 +134,14 @@ def _ndjson() -> web.StreamResponse:
     return _NdjsonResponse(headers={"Content-Type": NDJSON})
 
 
-async def _run_stream(request: web.Request, target: Target, url: str, body: dict[str, Any],
-                      acc: StreamAccumulator) -> web.StreamResponse:
-    headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
+async def _run_stream(request: web.Request, target: Target, path: str, body: dict[str, Any],
+                      acc: StreamAccumulator, *, keep_alive: float | None
+                      ) -> web.StreamResponse:
     endpoint: Endpoint = "chat" if acc.chat else "generate"
     out: web.StreamResponse | None = None
     pending: list[bytes] = []
     try:
-        async with post(target.session, url, _encode(body), headers,
-                        idle_timeout=request.app[SERVICES].config.stream_idle_timeout
-                        ) as upstream:
+        async with upstream_call(request, target, path, body, keep_alive) as upstream:
             acc.upstream_sent()
             decoder = SSEDecoder()
             # One read may carry several SSE events: translate them all, then write the lines
@@ -214,13 +207,11 @@ async def _write_error(out: web.StreamResponse, message: str) -> None:
 async def _post_json(request: web.Request, target: Target, body: dict[str, Any],
                      endpoint: Endpoint, keep_alive: float | None) -> tuple[bytes, int]:
     """The upstream's reply and when the model was ready (ns), for load_duration."""
-    headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
     try:
-        async with leased(request, target, keep_alive) as base:
+        async with upstream_call(request, target, to_openai.EMBEDDINGS_PATH, body,
+                                 keep_alive) as upstream:
             t_up = time.time_ns()
-            async with post(target.session, api_url(base, to_openai.EMBEDDINGS_PATH),
-                            _encode(body), headers) as upstream:
-                return await upstream.read(), t_up
+            return await upstream.read(), t_up
     except EngineDied:
         raise EngineDied("model runner has unexpectedly stopped while embedding") from None
     except VllamaError as exc:

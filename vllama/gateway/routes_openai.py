@@ -10,10 +10,9 @@ import msgspec
 from aiohttp import web
 
 from vllama.errors import BadRequest, EngineDied, NotFound
-from vllama.gateway.keys import REQUEST_ID, SERVICES
-from vllama.gateway.targets import Target, api_url, leased, route
+from vllama.gateway.keys import SERVICES
+from vllama.gateway.targets import Target, route, upstream_call
 from vllama.translate.gojson import go_depth_error
-from vllama.upstream import post
 
 _encode = msgspec.json.Encoder().encode
 
@@ -53,11 +52,7 @@ async def _target(request: web.Request, body: bytes) -> tuple[Target, bytes]:
 async def relay(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     target, body = await _target(request, body)
-    headers = {"Content-Type": "application/json", "X-Request-Id": request[REQUEST_ID]}
-    async with (leased(request, target) as base,
-                post(target.session, api_url(base, request.path), body, headers,
-                     idle_timeout=request.app[SERVICES].config.stream_idle_timeout
-                     ) as upstream):
+    async with upstream_call(request, target, request.path, body) as upstream:
         out = web.StreamResponse(status=upstream.status)
         for key, value in upstream.headers.items():
             if key.lower() not in _DROP:

@@ -4,7 +4,7 @@ few members and nothing else (and tests can hand it small real objects)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Collection, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from vllama.config import ModelConfig
@@ -72,6 +72,8 @@ class StoreView(Protocol):
     """The model store (vllama.models.store.ModelStore): names, facts and the cache."""
 
     def resolve_served(self, name: str) -> Resolved | None: ...
+
+    def set_remote(self, models: Sequence[ModelConfig]) -> None: ...
 
     def resolve(self, name: str, *, allow_paths: bool = False) -> Resolved | None: ...
 

@@ -575,7 +575,21 @@ def cmd_ps(ctx: CliContext, *, json_mode: bool = False, quiet: bool = False) -> 
                          str(m.get("context_length") or ""), state,
                          _until(str(m.get("expires_at", ""))) if state == "loaded" else ""))
         ctx.out.write(table(rows))
+        _upstreams_table(ctx, models)
     return EXIT_OK
+
+
+def _upstreams_table(ctx: CliContext, models: list[dict[str, Any]]) -> None:
+    """The upstreams of models served by several (remote servers, or this machine's engine
+    and remote ones), each with its state as the daemon sees it."""
+    rows = [("NAME", "UPSTREAM", "STATE", "IN FLIGHT", "REASON")]
+    for m in models:
+        for u in m.get("upstreams") or ():
+            rows.append((str(m.get("name", "")), str(u.get("upstream", "")),
+                         str(u.get("state", "")), str(u.get("in_flight", 0)),
+                         str(u.get("reason", ""))))
+    if len(rows) > 1:
+        ctx.out.write("\n" + table(rows))
 
 
 def cmd_stop(ctx: CliContext, name: str, *, json_mode: bool = False, quiet: bool = False

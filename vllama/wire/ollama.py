@@ -298,6 +298,15 @@ class ListResponse(msgspec.Struct):
     models: list[ListModel]
 
 
+class UpstreamState(msgspec.Struct):
+    """vllama's addition to /api/ps: one upstream of a model served by several."""
+
+    upstream: str  # its base URL, or "local" for this machine's engine
+    state: str  # up, ejected, down
+    in_flight: int
+    reason: str = ""
+
+
 class ProcessModel(msgspec.Struct):
     name: str
     model: str
@@ -307,8 +316,11 @@ class ProcessModel(msgspec.Struct):
     expires_at: str
     size_vram: int
     context_length: int
-    # vllama's addition (clients ignore unknown keys): loading, loaded or sleeping.
+    # vllama's additions (clients ignore unknown keys): loading, loaded, sleeping (or, for
+    # a model whose remote upstreams are all down, unavailable); a model with remote
+    # upstreams lists them.
     state: str = "loaded"
+    upstreams: list[UpstreamState] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ProcessResponse(msgspec.Struct):
