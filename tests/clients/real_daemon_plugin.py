@@ -62,7 +62,8 @@ def _toml_models(model_dir: Path) -> str:
     return (
         f'\n[[models]]\nname = "{CHAT_MODEL}"\nsource = {json.dumps(str(model_dir))}\n'
         f"vllm_args = {json.dumps(chat_args)}\n"
-        f"parameters = {{ num_predict = {NUM_PREDICT} }}\n"
+        # Greedy by default too: the same prompt gets the same reply on every run.
+        f"parameters = {{ num_predict = {NUM_PREDICT}, temperature = 0 }}\n"
         f'\n[[models]]\nname = "{EMBED_MODEL}"\nsource = {json.dumps(str(model_dir))}\n'
         f"vllm_args = {json.dumps(embed_args)}\n"
     )

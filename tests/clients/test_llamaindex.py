@@ -95,13 +95,20 @@ def test_context_window_comes_from_show(real_daemon: RealDaemon,
     assert llm(real_daemon, client).metadata.context_window == CONTEXT
 
 
-def embedder(daemon: RealDaemon) -> OllamaEmbedding:
-    return OllamaEmbedding(model_name=EMBED_MODEL, base_url=daemon.url,
-                           client_kwargs={"headers": daemon.auth, "timeout": 120})
+@pytest.fixture
+def embed(real_daemon: RealDaemon) -> Iterator[OllamaEmbedding]:
+    made = OllamaEmbedding(model_name=EMBED_MODEL, base_url=real_daemon.url,
+                           client_kwargs={"headers": real_daemon.auth, "timeout": 120})
+    try:
+        yield made
+    finally:
+        # OllamaEmbedding makes its HTTP client itself and offers no close(): without this
+        # its pooled socket is only closed by the garbage collector, with a ResourceWarning
+        # in whichever later test the collection happens to run.
+        made._client.close()
 
 
-def test_embed(real_daemon: RealDaemon) -> None:
-    embed = embedder(real_daemon)
+def test_embed(embed: OllamaEmbedding) -> None:
     one = embed.get_text_embedding("hello")
     assert len(one) == HIDDEN and any(one)
     batch = embed.get_text_embedding_batch(["hello", "goodbye"])

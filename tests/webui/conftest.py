@@ -185,7 +185,7 @@ def _wait_health(url: str, proc: Any, log: Path) -> None:
                 pytrace=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def open_webui(real_daemon: RealDaemon,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenWebUI]:
     exe = _open_webui_bin()
@@ -204,7 +204,9 @@ def open_webui(real_daemon: RealDaemon,
             _stop(proc)
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API runs an event loop of its own, which must be gone
+# before any asyncio test of the session runs.
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
     chromium = _chromium()
     with sync_playwright() as pw:
