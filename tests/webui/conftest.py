@@ -62,8 +62,8 @@ class Exchange:
 
     def lines(self) -> list[dict[str, Any]]:
         """The NDJSON lines answered so far (a last partial line is left out)."""
-        text = bytes(self.response).decode()
-        complete = text[: text.rfind("\n") + 1]
+        raw = bytes(self.response)
+        complete = raw[: raw.rfind(b"\n") + 1].decode()  # never splits a UTF-8 character
         return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
