@@ -1,8 +1,9 @@
 """Prometheus and Grafana as clients of /metrics: docs/grafana/vllama.json and
 docs/prometheus/alerts.yml parse, and every metric they query is one a real gateway exports
 (`vllama serve` supervising the fake engine as a real child, scraped after real requests),
-with the labels it really carries. The alert rules pass `promtool check rules` where promtool
-is installed (or $VLLAMA_TEST_PROMTOOL names it), and a schema check always."""
+with the labels it really carries. The alert rules, and the dashboard's queries as recording
+rules, pass `promtool check rules` where promtool is installed or $VLLAMA_TEST_PROMTOOL names
+it (scripts/test unpacks one from Debian's prometheus package); a schema check always runs."""
 
 from __future__ import annotations
 
