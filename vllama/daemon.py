@@ -31,7 +31,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,7 @@ from vllama.supervisor import (
     read_mem_available,
 )
 from vllama.systemd import Notifier, watchdog_interval, watchdog_loop
+from vllama.tasks import Tasks
 from vllama.workers.control import ControlServer
 from vllama.workers.pool import WorkerPool, worker_count
 from vllama.workers.protocol import Configure, State
@@ -155,28 +156,6 @@ def engine_specs(cfg: Config, engine_key: str) -> list[EngineSpec]:
             raise ConfigError(f"config error: model {spec.name!r}: {exc.message}") from None
         specs.append(spec)
     return specs
-
-
-class Tasks:
-    """The daemon's background tasks: every one kept, and cancelled and awaited at shut-down
-    (a task nobody keeps can be collected mid-flight, or outlive the loop)."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def start(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def aclose(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 @dataclass

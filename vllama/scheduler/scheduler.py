@@ -46,6 +46,7 @@ from vllama.scheduler.placement import (
     plan_eviction,
 )
 from vllama.scheduler.state import Lease, SchedulerEvent, Slot, SlotState, SlotStatus
+from vllama.tasks import Tasks
 from vllama.translate.models import SERVER_BUSY
 
 log = logging.getLogger("vllama.scheduler")
@@ -136,7 +137,7 @@ class Scheduler:
         self._waiting: dict[str, int] = {}  # requests waiting for a load, per model
         self._memory_freed = asyncio.Event()  # set whenever a slot gives memory back
         self._device_locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
         self._listeners: list[Listener] = []
         self._ids = itertools.count(1)
         self._closed = False
@@ -656,12 +657,7 @@ class Scheduler:
         for slot in self._slots.values():
             if slot.timer is not None:
                 slot.timer.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.aclose()
 
     def _start(self, coro: Coroutine[object, object, None]) -> None:
         if self._closed:
@@ -669,9 +665,7 @@ class Scheduler:
             return
         # A fresh context: a load a request started must not carry that request's id into
         # the engine's log lines for the rest of its life.
-        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.start(coro, context=contextvars.Context())
 
 
 __all__ = ["Engines", "Lease", "Planner", "Policy", "Scheduler", "ServerBusy"]

@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,15 +173,6 @@ class ControlClient:
     def release(self, lease: Lease) -> None:
         with contextlib.suppress(ControlLost):  # the main process released it when we left
             self.send(Release(lease))
-
-    @contextlib.asynccontextmanager
-    async def lease(self, model: ModelConfig, keep_alive: float | None = None
-                    ) -> AsyncIterator[Lease]:
-        held = await self.acquire(model, keep_alive)
-        try:
-            yield held
-        finally:
-            self.release(held)
 
     async def unload(self, key: str, reason: str = "asked") -> bool:
         reply = await self._ask(lambda ask: Unload(ask, key))
