@@ -64,6 +64,17 @@ class Served:
                              f"{self.log.read_text()[-3000:]}")
 
 
+def stop_daemon(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM, as systemd stops it; its whole process group SIGKILLed if it overstays."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
 def write_config(path: Path, *, extra_args: list[str], name: str = "tiny") -> None:
     args = ", ".join(f'"{a}"' for a in extra_args)
     path.write_text(
@@ -94,14 +105,7 @@ def serve_notified(cfg: Path, tmp_path: Path, extra: Sequence[str] = (),
     try:
         yield served
     finally:
-        proc = served.proc  # a test may have restarted the daemon
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_daemon(served.proc)  # (a test may have restarted the daemon)
         notify.close()
         os.unlink(sock_path)
         os.rmdir(sock_dir)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, free_port
 from tests.live_gateway import exchange
+from tests.served import stop_daemon
 
 
 def listeners(port: int) -> set[str]:
@@ -53,12 +53,7 @@ def daemon(tmp_path: Path) -> Iterator[int]:
             time.sleep(0.05)
         yield port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_daemon(proc)
 
 
 def test_serve_edges(daemon: int) -> None:

@@ -30,6 +30,7 @@ import msgspec
 
 from tests.conftest import REPO_ROOT, free_port
 from tests.e2e.engine import ENGINE_ENV
+from tests.served import stop_daemon
 from vllama.supervisor.procs import group_members
 
 READY_WITHIN = 300.0  # one engine start: 30-90 s on two shared cores
@@ -99,13 +100,7 @@ def serve(vllm_bin: Path, model_dir: Path, workdir: Path, extra: str = "") -> It
     try:
         yield served
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_daemon(proc, timeout=60)
 
 
 # ---- streams ---------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import os
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from aiohttp.test_utils import TestServer
 from tests.conftest import REPO_ROOT, free_port
 from tests.fake_vllm import FakeScript, make_app
 from tests.live_gateway import exchange
+from tests.served import stop_daemon
 
 TRICKLERS = 500
 BOUND_S = 1.0  # the acceptance criterion for a normal request under attack
@@ -76,16 +76,6 @@ def start_daemon(tmp_path: Path, upstream: str, open_files: int | None) -> tuple
 
 def tail(log: Path) -> str:
     return log.read_text()[-3000:]
-
-
-def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 async def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
