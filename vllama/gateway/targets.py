@@ -123,7 +123,7 @@ class Router:
         files = found.files if found is not None else facts.NO_FILES
         args = facts.engine_args(files, model, self.config.vllm_args)
         return Target(model=model, caps=facts.capabilities(files, model, args),
-                      context_length=facts.context_length(files, args) or model.context_length,
+                      context_length=facts.context_length(files, args, model.context_length),
                       found=found, group=self.fleet.group(model))
 
     def replace(self, config: Config, store: StoreView) -> list[aiohttp.ClientSession]:

@@ -131,10 +131,12 @@ def native_context_length(config: Mapping[str, Any]) -> int:
                 "seq_length") or 0
 
 
-def context_length(files: ModelFiles, engine_args: Sequence[str]) -> int:
+def context_length(files: ModelFiles, engine_args: Sequence[str], declared: int = 0) -> int:
     """The context the engine runs with: --max-model-len if given (`8k`, `8K` as vLLM reads
-    them), else the model's own."""
-    return int_value(engine_args, "--max-model-len") or native_context_length(files.config)
+    them), else the model's own; for a remote model without files, what its config entry
+    declares (`context_length`)."""
+    return (int_value(engine_args, "--max-model-len") or native_context_length(files.config)
+            or declared)
 
 
 # ----------------------------------------------------------------------------- other files

@@ -213,8 +213,8 @@ class ModelStore:
     def context_length(self, found: LocalModel) -> int:
         """The engine's context length; for a remote model, what its config or its upstream
         says (`context_length`)."""
-        return (facts.context_length(found.files, self.engine_args(found))
-                or found.model.context_length)
+        return facts.context_length(found.files, self.engine_args(found),
+                                    found.model.context_length)
 
     # ------------------------------------------------------------------ presence
 
