@@ -37,6 +37,7 @@ from tests.conftest import free_port
 from tests.e2e.engine import CPU_ARGS, group_members
 from tests.e2e.fixtures import EMBED_ARGS, tiny_model_dir, vllm_bin
 from tests.models.conftest import big_files
+from tests.served import workers_args
 
 __all__ = ["real_daemon", "tiny_model_dir", "vllm_bin"]
 
@@ -109,7 +110,7 @@ def real_daemon(vllm_bin: Path, tiny_model_dir: Path,
             TMPDIR=str(tmp), VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
         log = tmp / "vllama.log"
         proc = spawn([sys.executable, "-m", "vllama", "serve", "--config", str(cfg),
-                      "--port", str(port)], log, env)
+                      "--port", str(port), *workers_args()], log, env)
         daemon = RealDaemon(url=f"http://127.0.0.1:{port}", log=log, api_key=API_KEY,
                             hub=hub_app[fh.HUB_STATE])
         engine_groups: list[int] = []
