@@ -65,14 +65,15 @@ def _broke(exc: BaseException) -> EngineDied:
 class UpstreamResponse:
     """A successful (2xx) upstream response, read only through vllama's errors."""
 
-    __slots__ = ("_idle", "_last", "_resp", "_stalled", "_timer", "finished")
+    __slots__ = ("_idle", "_last", "_loop_time", "_resp", "_stalled", "_timer", "finished")
 
     def __init__(self, resp: aiohttp.ClientResponse, idle_timeout: float = 0.0) -> None:
         self._resp = resp
-        self._idle = idle_timeout  # longest silence between two reads of chunks(); 0: none
+        self._idle = idle_timeout  # longest silence between two chunk() reads; 0: none
         self._last = 0.0  # loop time of the last read
         self._stalled = False
         self._timer: asyncio.TimerHandle | None = None
+        self._loop_time = asyncio.get_running_loop().time
         self.finished = False  # the body was read to its end: the connection can be reused
 
     @property
@@ -83,30 +84,37 @@ class UpstreamResponse:
     def headers(self) -> CIMultiDictProxy[str]:
         return self._resp.headers
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, one network read at a time (several SSE events may share
-        one read, and one event may span reads)."""
-        read = self._resp.content.readany
-        now = asyncio.get_running_loop().time
-        if self._idle > 0:
+    async def chunk(self) -> bytes:
+        """The body's next network read as it arrives; b"" at its end. Several SSE events may
+        share one read, and one event may span reads. (A method, not an async generator: a
+        relay that stops at `[DONE]` would leave a generator for asyncio to finalise in a task
+        of its own, per request.)"""
+        if self._timer is None and self._idle > 0 and not self._stalled:
             self._watch()
         try:
-            while True:
-                try:  # inline, not a context manager: this runs for every network read
-                    data = await read()
-                except _STREAM_ERRORS as exc:
-                    if self._stalled:
-                        raise UpstreamStalled(f"the model sent nothing for {self._idle:g} s "
-                                              "(stream_idle_timeout); giving up") from None
-                    raise _broke(exc) from None
-                if not data:
-                    self.finished = True
-                    return
-                self._last = now()
-                yield data
-        finally:
-            if self._timer is not None:
-                self._timer.cancel()
+            data = await self._resp.content.readany()
+        except _STREAM_ERRORS as exc:
+            if self._stalled:
+                raise UpstreamStalled(f"the model sent nothing for {self._idle:g} s "
+                                      "(stream_idle_timeout); giving up") from None
+            raise _broke(exc) from None
+        if data:
+            self._last = self._loop_time()
+        else:
+            self.finished = True
+        return data
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """`chunk()` until the body ends, for a relay that reads it to its end."""
+        while data := await self.chunk():
+            yield data
+
+    def close(self) -> None:
+        """Stop the idle watch (the exchange is over)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._idle = 0.0
 
     def _watch(self) -> None:
         """One timer per stream, not one per read (this is the relay's hot loop): it re-arms
@@ -186,6 +194,7 @@ class Exchange:
         resp, stream = self._resp, self._stream
         if resp is None or stream is None:
             return
+        stream.close()
         if stream.finished:
             resp.release()
         else:
@@ -196,7 +205,7 @@ def post(session: aiohttp.ClientSession, url: str, body: bytes,
          headers: Mapping[str, str] | None = None, *, idle_timeout: float = 0.0) -> Exchange:
     """POST `body`; `async with` it to get the response once its status is known. A connection
     failure is UpstreamError (502); an error status is UpstreamError with the upstream's status
-    and text; a body that sends nothing for `idle_timeout` seconds between reads of chunks()
+    and text; a body that sends nothing for `idle_timeout` seconds between reads of chunk()
     is UpstreamStalled. Leaving the block releases the connection (body read to its end) or
     drops it (anything else: the client left, or an error), so vLLM aborts the sequence."""
     return Exchange(session, url, body, headers, idle_timeout)

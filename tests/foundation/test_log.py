@@ -191,3 +191,44 @@ def test_journal_fields_are_escaped(journal_socket: tuple[socket.socket, str]) -
     assert entry["MESSAGE"] == log.clean(FORGED)
     assert "\n" not in entry["MESSAGE"] and "\x1b" not in entry["MESSAGE"]
     assert entry["VLLAMA_MODEL"] == "a\\nb\\e"
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.flushed = ""
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.flushed = self.getvalue()
+
+
+def test_text_lines_logged_in_one_loop_iteration_are_flushed_once_after_it() -> None:
+    import asyncio
+
+    stream = _CountingStream()
+    handler = log.StreamHandler(stream)
+    handler.setFormatter(log.TextFormatter())
+    logger = logging.getLogger("vllama.test.flush")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+
+    async def burst() -> tuple[int, str]:
+        for i in range(50):
+            logger.info("request %d", i)
+        seen = (stream.flushes, stream.flushed)  # nothing flushed within the iteration
+        await asyncio.sleep(0)  # the loop runs its callbacks: one flush for the 50 lines
+        await asyncio.sleep(0)
+        return seen
+
+    try:
+        before, text_before = asyncio.run(burst())
+        assert (before, text_before) == (0, "")
+        assert stream.flushes == 1
+        assert stream.flushed.count("\n") == 50 and "request 49" in stream.flushed
+        logger.info("no loop running")  # start-up, shutdown, threads: flushed at once
+        assert stream.flushes == 2 and stream.flushed.endswith("no loop running\n")
+    finally:
+        logger.removeHandler(handler)

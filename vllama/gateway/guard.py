@@ -6,6 +6,7 @@ loopback address, only local names reach the gateway)."""
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import socket
 
@@ -21,8 +22,13 @@ DEFAULT_ORIGINS = (
 )
 # Names no outside DNS answers for, so a rebinding page cannot carry them.
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
+# The answers are cached: every request asks (parsing an address or matching a dozen patterns
+# each time was a measurable share of a request's CPU), and clients send few distinct values;
+# a client that sends many only evicts its own.
+_cached = functools.lru_cache(maxsize=1024)
 
 
+@_cached
 def origin_allowed(origin: str, extra: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(origin, pattern) for pattern in (*DEFAULT_ORIGINS, *extra))
 
@@ -32,6 +38,7 @@ def same_origin(origin: str, host_header: str) -> bool:
     return origin in (f"http://{host_header}", f"https://{host_header}")
 
 
+@_cached
 def bound_to_loopback(bind: str) -> bool:
     if not bind or bind.lower() == "localhost":
         return True
@@ -51,6 +58,7 @@ def host_name(host_header: str) -> str:
     return value.rstrip(".").lower()
 
 
+@_cached
 def host_allowed(host_header: str, extra: tuple[str, ...]) -> bool:
     name = host_name(host_header)
     if not name or name == "localhost" or name.endswith(_LOCAL_SUFFIXES):

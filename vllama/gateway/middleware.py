@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from random import getrandbits as _bits
 
 import msgspec
 from aiohttp import web
@@ -118,8 +118,9 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
 async def edges(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id", "")
-    # 32 random hex digits, like uuid4().hex without building a UUID (a quarter of the cost)
-    rid = incoming if incoming and _RID_OK.match(incoming) else os.urandom(16).hex()
+    # 32 random hex digits, like uuid4().hex without building a UUID or asking the kernel
+    # (an id to find a request by, not a secret)
+    rid = incoming if incoming and _RID_OK.match(incoming) else f"{_bits(128):032x}"
     request[REQUEST_ID] = rid
     token = log.request_id.set(rid)
     services = request.app[SERVICES]

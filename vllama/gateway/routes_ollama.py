@@ -147,7 +147,7 @@ async def _run_stream(request: web.Request, target: Target, path: str, body: dic
             # One read may carry several SSE events: translate them all, then write the lines
             # with one write (a send() per line was the relay's largest cost). The read that
             # ends the stream is written together with the final line and the end of the body.
-            async for data in upstream.chunks():
+            while data := await upstream.chunk():
                 for event in decoder.feed(data):
                     line = acc.feed(event)
                     if line is not None:
