@@ -39,6 +39,7 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_SRCFILE = logging._srcfile  # logging's own, for journald's CODE_FILE/CODE_LINE/CODE_FUNC
 
 # syslog priorities (journald PRIORITY=)
 _PRIORITY = {
@@ -269,26 +270,40 @@ class JournalHandler(logging.Handler):
 
 
 class StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """logging's StreamHandler, flushing once per event-loop iteration rather than once per
-    line: the access log writes a line per request, and under load many requests end in one
-    iteration (a write() each was a measurable share of a request's CPU). A line logged from
-    a thread, or with no loop running (start-up, shutdown), is flushed at once, as before."""
+    """logging's StreamHandler, writing the lines of one event-loop iteration with one write.
+    The access log writes a line per request, and stderr is line-buffered (a system call per
+    line, the larger part of a line's cost); under load many requests end in one iteration.
+    A line logged with no loop running in its thread (start-up, shutdown, a worker thread) is
+    written at once, after any still pending, as before."""
 
-    _scheduled = False
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
 
-    def flush(self) -> None:
+    def emit(self, record: logging.LogRecord) -> None:  # called under the handler's lock
+        try:
+            self._pending.append(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            super().flush()
+            self.flush()
             return
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush_now)
+        if len(self._pending) == 1:
+            loop.call_soon(self.flush)
 
-    def _flush_now(self) -> None:
-        self._scheduled = False
-        super().flush()
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending.clear()
+                try:
+                    self.stream.write(text)
+                except Exception:  # a closed or broken stream: logging must not raise
+                    return
+            super().flush()
 
 
 def choose_format(log_format: str, journal_stream: str, stream: TextIO | None = None) -> str:
@@ -330,6 +345,11 @@ def setup(level: str = "info", log_format: str = "auto", journal_stream: str = "
         handler.addFilter(_Fields(fields))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # What the chosen output never shows is not collected per record (the optimisations the
+    # logging HOWTO documents; the access log makes a record per request): thread and process
+    # names, and, unless journald gets CODE_FILE/LINE/FUNC, the caller (a walk up the stack).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = _SRCFILE if chosen == "journal" else None
     # aiohttp's own access log duplicates ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return chosen

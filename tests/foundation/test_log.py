@@ -194,17 +194,18 @@ def test_journal_fields_are_escaped(journal_socket: tuple[socket.socket, str]) -
 
 
 class _CountingStream(io.StringIO):
+    """Counts the writes a handler makes (each one a system call on a real stderr)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.flushes = 0
-        self.flushed = ""
+        self.writes = 0
 
-    def flush(self) -> None:
-        self.flushes += 1
-        self.flushed = self.getvalue()
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
 
 
-def test_text_lines_logged_in_one_loop_iteration_are_flushed_once_after_it() -> None:
+def test_text_lines_logged_in_one_loop_iteration_are_written_once_after_it() -> None:
     import asyncio
 
     stream = _CountingStream()
@@ -218,17 +219,42 @@ def test_text_lines_logged_in_one_loop_iteration_are_flushed_once_after_it() -> 
     async def burst() -> tuple[int, str]:
         for i in range(50):
             logger.info("request %d", i)
-        seen = (stream.flushes, stream.flushed)  # nothing flushed within the iteration
-        await asyncio.sleep(0)  # the loop runs its callbacks: one flush for the 50 lines
-        await asyncio.sleep(0)
+        seen = (stream.writes, stream.getvalue())  # nothing written within the iteration
+        await asyncio.sleep(0)  # the loop runs its callbacks: one write for the 50 lines
         return seen
 
     try:
-        before, text_before = asyncio.run(burst())
-        assert (before, text_before) == (0, "")
-        assert stream.flushes == 1
-        assert stream.flushed.count("\n") == 50 and "request 49" in stream.flushed
-        logger.info("no loop running")  # start-up, shutdown, threads: flushed at once
-        assert stream.flushes == 2 and stream.flushed.endswith("no loop running\n")
+        assert asyncio.run(burst()) == (0, "")
+        assert stream.writes == 1
+        text = stream.getvalue()
+        assert text.count("\n") == 50 and "request 0" in text and "request 49" in text
+        assert text.index("request 0") < text.index("request 49")
+        logger.info("no loop running")  # start-up, shutdown, threads: written at once
+        assert stream.writes == 2 and stream.getvalue().endswith("no loop running\n")
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_a_line_logged_as_the_loop_ends_is_written_once() -> None:
+    import asyncio
+
+    stream = _CountingStream()
+    handler = log.StreamHandler(stream)
+    handler.setFormatter(log.TextFormatter())
+    logger = logging.getLogger("vllama.test.flush2")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+
+    async def last_words() -> None:
+        logger.info("stopping")
+        asyncio.get_running_loop().stop()  # the loop may stop before its callback runs
+
+    try:
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(last_words())
+        loop.close()
+        handler.flush()  # what logging.shutdown() does at exit
+        assert stream.getvalue().count("stopping\n") == 1
     finally:
         logger.removeHandler(handler)
