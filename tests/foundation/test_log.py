@@ -258,3 +258,40 @@ def test_a_line_logged_as_the_loop_ends_is_written_once() -> None:
         assert stream.getvalue().count("stopping\n") == 1
     finally:
         logger.removeHandler(handler)
+
+
+def test_journald_keeps_the_caller_that_text_and_json_do_not_collect(
+        journal_socket: tuple[socket.socket, str]) -> None:
+    sock, path = journal_socket
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        log.setup("info", "text", stream=io.StringIO())  # the caller is not collected...
+        records: list[logging.LogRecord] = []
+
+        class Capture(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                records.append(record)
+
+        capture = Capture()
+        root.addHandler(capture)
+        logging.getLogger("vllama.test").info("text")
+        root.removeHandler(capture)
+        [record] = records
+        assert (record.pathname, record.lineno, record.funcName) == ("(unknown file)", 0,
+                                                                     "(unknown function)")
+        assert record.threadName is None and record.processName is None  # nor names
+        log.setup("info", "journal", journal_address=path)  # ...until journald wants it
+        logging.getLogger("vllama.test").info("where from")
+        entry = parse_entry(sock.recv(65536))
+        assert entry["MESSAGE"] == "where from"
+        assert entry["CODE_FILE"] == __file__
+        assert entry["CODE_FUNC"].startswith("test_journald_keeps_the_caller")
+        assert int(entry["CODE_LINE"]) > 0
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
