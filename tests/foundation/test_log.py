@@ -205,9 +205,9 @@ class _CountingStream(io.StringIO):
         return super().write(text)
 
 
-def test_text_lines_logged_in_one_loop_iteration_are_written_once_after_it() -> None:
-    import asyncio
-
+@pytest.fixture
+def counted() -> Iterator[tuple[logging.Logger, _CountingStream]]:
+    """A logger writing text through vllama's StreamHandler into a stream that counts writes."""
     stream = _CountingStream()
     handler = log.StreamHandler(stream)
     handler.setFormatter(log.TextFormatter())
@@ -215,6 +215,17 @@ def test_text_lines_logged_in_one_loop_iteration_are_written_once_after_it() -> 
     logger.addHandler(handler)
     logger.propagate = False
     logger.setLevel(logging.INFO)
+    try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_text_lines_logged_in_one_loop_iteration_are_written_once_after_it(
+        counted: tuple[logging.Logger, _CountingStream]) -> None:
+    import asyncio
+
+    logger, stream = counted
 
     async def burst() -> tuple[int, str]:
         for i in range(50):
@@ -223,41 +234,30 @@ def test_text_lines_logged_in_one_loop_iteration_are_written_once_after_it() -> 
         await asyncio.sleep(0)  # the loop runs its callbacks: one write for the 50 lines
         return seen
 
-    try:
-        assert asyncio.run(burst()) == (0, "")
-        assert stream.writes == 1
-        text = stream.getvalue()
-        assert text.count("\n") == 50 and "request 0" in text and "request 49" in text
-        assert text.index("request 0") < text.index("request 49")
-        logger.info("no loop running")  # start-up, shutdown, threads: written at once
-        assert stream.writes == 2 and stream.getvalue().endswith("no loop running\n")
-    finally:
-        logger.removeHandler(handler)
+    assert asyncio.run(burst()) == (0, "")
+    assert stream.writes == 1
+    text = stream.getvalue()
+    assert text.count("\n") == 50 and "request 0" in text and "request 49" in text
+    assert text.index("request 0") < text.index("request 49")
+    logger.info("no loop running")  # start-up, shutdown, threads: written at once
+    assert stream.writes == 2 and stream.getvalue().endswith("no loop running\n")
 
 
-def test_a_line_logged_as_the_loop_ends_is_written_once() -> None:
+def test_a_line_logged_as_the_loop_ends_is_written_once(
+        counted: tuple[logging.Logger, _CountingStream]) -> None:
     import asyncio
 
-    stream = _CountingStream()
-    handler = log.StreamHandler(stream)
-    handler.setFormatter(log.TextFormatter())
-    logger = logging.getLogger("vllama.test.flush2")
-    logger.addHandler(handler)
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
+    logger, stream = counted
 
     async def last_words() -> None:
         logger.info("stopping")
         asyncio.get_running_loop().stop()  # the loop may stop before its callback runs
 
-    try:
-        loop = asyncio.new_event_loop()
-        loop.run_until_complete(last_words())
-        loop.close()
-        handler.flush()  # what logging.shutdown() does at exit
-        assert stream.getvalue().count("stopping\n") == 1
-    finally:
-        logger.removeHandler(handler)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(last_words())
+    loop.close()
+    logger.handlers[0].flush()  # what logging.shutdown() does at exit
+    assert stream.getvalue().count("stopping\n") == 1
 
 
 def test_journald_keeps_the_caller_that_text_and_json_do_not_collect(
